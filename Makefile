@@ -1,0 +1,65 @@
+# structops developer entry points.  Every target creates .venv and builds what it needs.
+#
+#   make bench   - build, then print the benchmark table (the main job; JSON in bench/results/)
+#   make test    - build, then run the test suite
+#   make build   - create .venv and build/install the extension (editable)
+#   make bench-cpp - build and run the standalone C++ (and CUDA) microbenchmarks
+#
+# Variables: STRUCTOPS_CUDA=AUTO|ON|OFF (default AUTO), STRUCTOPS_CUDA_ARCHS (default
+# "80;90a-real"), PYTHON (interpreter used to create .venv), PYTEST_ARGS.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STRUCTOPS_CUDA ?= AUTO
+STRUCTOPS_CUDA_ARCHS ?= 80;90a-real
+export STRUCTOPS_CUDA STRUCTOPS_CUDA_ARCHS
+BUILD_DIR := build/dev
+PYTEST_ARGS ?=
+
+SOURCES := CMakeLists.txt pyproject.toml $(wildcard cmake/*.cmake third_party/*.cmake) \
+           $(shell find csrc python -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.inc' -o -name '*.py' \) 2>/dev/null)
+
+.PHONY: all venv build test bench bench-cpp clean distclean
+
+all: build
+
+$(VENV)/.deps-stamp: scripts/requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip >/dev/null
+	$(PIP) install -r scripts/requirements-dev.txt
+	$(PIP) install --no-deps nvidia-cutlass==4.2.0.0
+	touch $@
+
+venv: $(VENV)/.deps-stamp
+
+# Editable install into .venv; the CMake build dir persists so rebuilds are incremental.  The
+# stamp records the CUDA setting so switching STRUCTOPS_CUDA rebuilds.
+$(VENV)/.build-stamp-$(STRUCTOPS_CUDA): $(VENV)/.deps-stamp $(SOURCES)
+	rm -f $(VENV)/.build-stamp-*
+	$(PIP) install --no-build-isolation --no-deps -e . -Cbuild-dir=$(BUILD_DIR) -Ccmake.define.STRUCTOPS_CUDA=$(STRUCTOPS_CUDA)
+	$(PY) -c "import structops, json; print(json.dumps(structops.build_info()))"
+	touch $@
+
+build: $(VENV)/.build-stamp-$(STRUCTOPS_CUDA)
+
+test: build
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: build
+	$(PY) bench/bench_monarch.py --json bench/results/monarch.json
+
+bench-cpp: build
+	$(VENV)/bin/cmake -S . -B build/bench -G Ninja -DCMAKE_MAKE_PROGRAM=$(VENV)/bin/ninja \
+	  -DPython_EXECUTABLE=$(abspath $(PY)) -DSTRUCTOPS_BUILD_PYTHON=OFF -DSTRUCTOPS_BUILD_BENCH=ON \
+	  -DSTRUCTOPS_CUDA=$(STRUCTOPS_CUDA) "-DSTRUCTOPS_CUDA_ARCHS=$(STRUCTOPS_CUDA_ARCHS)"
+	$(VENV)/bin/cmake --build build/bench
+	build/bench/bench/cpp/bench_monarch_cpu
+	if [ -x build/bench/bench/cpp/bench_monarch_cuda ]; then build/bench/bench/cpp/bench_monarch_cuda; fi
+
+clean:
+	rm -rf build $(VENV)/.build-stamp-*
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,197 @@
+"""Monarch / block-diagonal benchmark: structops vs the fly-style bmm reference vs dense F.linear,
+all measured in the same run (``make bench``).
+
+For every shape (tokens x features) and block count it times the forward and the
+forward+backward (``torch.autograd.grad`` for x and both factors, so no gradient accumulation
+is timed) and prints a table of medians, achieved GFLOP/s (Monarch FLOPs) and the ratios the
+performance targets are stated in:
+
+    vs_bmm     = t(fly-style bmm) / t(structops)
+    vs_dense   = t(dense F.linear, same in/out features) / t(structops)
+    ideal      = dense FLOPs / Monarch FLOPs = n / (2 * block)
+    of_ideal   = vs_dense / ideal
+
+Usage: python bench/bench_monarch.py [--json out.json] [--quick] [--device cpu|cuda]
+       [--dtype float32|bfloat16|float16] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import structops
+from structops import reference
+
+
+def _git_commit() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True).strip()
+    except Exception:  # not a git checkout: report it rather than fail the benchmark
+        return "unknown"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _median_time(fn, device: str, min_runs: int, min_seconds: float) -> float:
+    """Median wall time of fn() after one warm-up call (CUDA: synchronised)."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    fn()
+    sync()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_runs or (time.perf_counter() - start < min_seconds and len(times) < 50):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def bench_case(tokens: int, n: int, nblocks: int, device: str, dtype, min_runs: int, min_seconds: float):
+    torch.manual_seed(0)
+    b = n // nblocks
+    kw = dict(device=device, dtype=dtype)
+    x = torch.randn(tokens, n, **kw, requires_grad=True)
+    w1 = (torch.randn(nblocks, b, b, **kw) / math.sqrt(b)).requires_grad_()
+    w2 = (torch.randn(nblocks, b, b, **kw) / math.sqrt(b)).requires_grad_()
+    W = (torch.randn(n, n, **kw) / math.sqrt(n)).requires_grad_()
+    g = torch.randn(tokens, n, **kw)
+
+    contenders = {
+        "structops": lambda: structops.monarch_matmul(x, w1, w2),
+        "structops(recompute)": lambda: structops.monarch_matmul(x, w1, w2, recompute=True),
+        "bmm_reference": lambda: reference.monarch_matmul_bmm(x, w1, w2),
+        "dense": lambda: F.linear(x, W),
+    }
+    params = {"dense": (x, W)}
+    results = {}
+    for name, f in contenders.items():
+        inputs = params.get(name, (x, w1, w2))
+
+        def fwd(f=f):
+            with torch.no_grad():
+                f()
+
+        def fwd_bwd(f=f, inputs=inputs):
+            torch.autograd.grad(f(), inputs, g)
+
+        results[name] = {
+            "fwd_ms": 1e3 * _median_time(fwd, device, min_runs, min_seconds),
+            "fwd_bwd_ms": 1e3 * _median_time(fwd_bwd, device, min_runs, min_seconds),
+        }
+    monarch_flops = 4.0 * tokens * n * b  # two block-diagonal factors, forward
+    dense_flops = 2.0 * tokens * n * n
+    ideal = dense_flops / monarch_flops
+    for name, r in results.items():
+        flops = dense_flops if name == "dense" else monarch_flops
+        r["fwd_gflops"] = flops / (r["fwd_ms"] * 1e-3) / 1e9
+        r["fwd_bwd_gflops"] = 3 * flops / (r["fwd_bwd_ms"] * 1e-3) / 1e9
+    so = results["structops"]
+    summary = {
+        "ideal_speedup_vs_dense": ideal,
+        "fwd_bwd_vs_bmm": results["bmm_reference"]["fwd_bwd_ms"] / so["fwd_bwd_ms"],
+        "fwd_bwd_vs_dense": results["dense"]["fwd_bwd_ms"] / so["fwd_bwd_ms"],
+        "fwd_vs_bmm": results["bmm_reference"]["fwd_ms"] / so["fwd_ms"],
+        "fwd_vs_dense": results["dense"]["fwd_ms"] / so["fwd_ms"],
+    }
+    summary["fwd_bwd_of_ideal"] = summary["fwd_bwd_vs_dense"] / ideal
+    best = min(("structops", "structops(recompute)"), key=lambda k: results[k]["fwd_bwd_ms"])
+    summary["best_structops_variant"] = best
+    summary["best_fwd_bwd_vs_bmm"] = results["bmm_reference"]["fwd_bwd_ms"] / results[best]["fwd_bwd_ms"]
+    summary["best_fwd_bwd_vs_dense"] = results["dense"]["fwd_bwd_ms"] / results[best]["fwd_bwd_ms"]
+    summary["best_fwd_bwd_of_ideal"] = summary["best_fwd_bwd_vs_dense"] / ideal
+    return {"tokens": tokens, "n": n, "nblocks": nblocks, "block": b, "results": results, "summary": summary}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", help="write results here")
+    ap.add_argument("--quick", action="store_true", help="small shapes, few repeats (smoke test)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--cases", default=None, help="comma-separated tokens:n:nblocks, e.g. 8192:1024:4")
+    args = ap.parse_args(argv)
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: nothing to benchmark", file=sys.stderr)
+        return 2
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args.cases:
+        cases = [tuple(int(v) for v in c.split(":")) for c in args.cases.split(",")]
+        min_runs, min_seconds = 5, 2.0
+    elif args.quick:
+        cases = [(512, 256, 4), (512, 256, 16)]
+        min_runs, min_seconds = 3, 0.2
+    elif args.device == "cuda":
+        cases = [(t, n, nb) for t in (8192, 65536) for n in (1024, 4096) for nb in (4, int(math.isqrt(n)))]
+        min_runs, min_seconds = 10, 1.0
+    else:
+        cases = [(8192, 1024, 32), (8192, 1024, 4), (4096, 4096, 64), (4096, 4096, 4)]
+        min_runs, min_seconds = 5, 2.0
+
+    meta = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": _git_commit(),
+        "machine": _cpu_name() if args.device == "cpu" else torch.cuda.get_device_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "structops": structops.build_info(),
+    }
+    print(f"# structops Monarch benchmark  {meta['date']}  commit {meta['commit']}")
+    print(f"# {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, {meta['dtype']}, "
+          f"CPU kernels: {meta['structops']['cpu_isa_in_use']}")
+    hdr = f"{'tokens':>6} {'n':>5} {'nb':>3} {'impl':<21} {'fwd ms':>9} {'fwd+bwd ms':>11} {'GFLOP/s':>8}"
+    print(hdr)
+    print("-" * len(hdr))
+    out = []
+    for tokens, n, nb in cases:
+        r = bench_case(tokens, n, nb, args.device, dtype, min_runs, min_seconds)
+        out.append(r)
+        for name, m in r["results"].items():
+            print(f"{tokens:>6} {n:>5} {nb:>3} {name:<21} {m['fwd_ms']:>9.1f} {m['fwd_bwd_ms']:>11.1f} "
+                  f"{m['fwd_bwd_gflops']:>8.0f}")
+        s = r["summary"]
+        print(f"{'':>17}fwd+bwd: {s['fwd_bwd_vs_bmm']:.2f}x vs bmm, {s['fwd_bwd_vs_dense']:.2f}x vs dense "
+              f"(ideal {s['ideal_speedup_vs_dense']:.0f}x -> {s['fwd_bwd_of_ideal']:.2f} of ideal); "
+              f"best variant {s['best_structops_variant']}: {s['best_fwd_bwd_vs_bmm']:.2f}x vs bmm, "
+              f"{s['best_fwd_bwd_vs_dense']:.2f}x vs dense ({s['best_fwd_bwd_of_ideal']:.2f} of ideal)")
+        print()
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "cases": out}, f, indent=2)
+        print(f"# wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+// CPU registration: ATen glue around the torch-free kernels of csrc/cpu.
+// Native dtypes: float32, float64; bfloat16/float16 are computed in float32 and cast back.
+//
+// Two execution paths, chosen per call from the shapes (the benchmark decided the rule):
+//   * fused kernels (csrc/cpu): small and medium blocks, where a BLAS call per block would be
+//     dominated by overheads and copies;
+//   * "BLAS path": few large blocks (e.g. nblocks = 4).  Every block GEMM is one MKL/OpenBLAS call
+//     (at::mm_out) on a strided view, with P_mid folded into the GEMMs by splitting each first-
+//     factor block into l row-interleaved sub-blocks (needs q % l == 0), so only P_out needs a
+//     copy (permute_rows_cpu, a vectorised row-wise transpose).  Temporaries come from the
+//     kernels' scratch cache, so repeated calls do not page-fault fresh memory.
+#include <ATen/Parallel.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <memory>
+
+#include "monarch_ops.h"
+
+namespace structops {
+namespace torch_impl {
+namespace {
+
+// at::parallel_for as the kernels' executor, so torch.set_num_threads applies.
+void run_parallel(void* /*exec_ctx*/, int64_t n, ParallelBody body, void* body_ctx) {
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) body(body_ctx, i);
+  });
+}
+
+CpuExecutor executor() {
+  CpuExecutor e;
+  e.num_threads = at::get_num_threads();
+  e.parallel = &run_parallel;
+  return e;
+}
+
+// A (rows x cols) tensor over memory from the kernels' scratch cache, returned on destruction.
+struct ScratchTensor {
+  void* ptr = nullptr;
+  int64_t capacity = 0;
+  at::Tensor t;
+  ScratchTensor(int64_t rows, int64_t cols, const at::TensorOptions& opts) {
+    const int64_t bytes = rows * cols * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
+    ptr = monarch_cpu_scratch_acquire(bytes > 0 ? bytes : 1, &capacity);
+    t = at::from_blob(ptr, {rows, cols}, opts);
+  }
+  ~ScratchTensor() { monarch_cpu_scratch_release(ptr, capacity); }
+  ScratchTensor(const ScratchTensor&) = delete;
+  ScratchTensor& operator=(const ScratchTensor&) = delete;
+};
+
+at::Tensor view(const void* ptr, at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& opts) {
+  return at::from_blob(const_cast<void*>(ptr), sizes, strides, opts);
+}
+at::Tensor view(const void* ptr, at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  return at::from_blob(const_cast<void*>(ptr), sizes, opts);
+}
+
+// BLAS path rule: large first-factor blocks (p, q >= 128) and, for Monarch, q % l == 0 with
+// sub-blocks of at least 64 columns (q/l >= 64) and second-factor blocks of at least 128.
+// STRUCTOPS_CPU_BLAS=0|1 forces the choice where the BLAS path applies (benchmarks, tests).
+bool use_blas(const MonarchDims& d) {
+  const bool possible = !d.has_second_factor() || d.q % d.l == 0;
+  if (!possible) return false;
+  if (const char* env = std::getenv("STRUCTOPS_CPU_BLAS")) return env[0] == '1';
+  if (d.p < 128 || d.q < 128) return false;
+  return !d.has_second_factor() || (d.q / d.l >= 64 && d.r >= 128 && d.s >= 128);
+}
+
+// y = x BD(w1)^T (block-diagonal op), or the Monarch forward; optional saved v.
+void blas_forward(const MonarchForwardParams& p, const at::TensorOptions& opts) {
+  const MonarchDims& d = p.dims;
+  const at::Tensor x = view(p.x, {d.batch, d.n()}, {p.x_stride, 1}, opts);
+  const at::Tensor w1 = view(p.w1, {d.k, d.q, d.p}, opts);
+  if (!d.has_second_factor()) {
+    const at::Tensor y = view(p.y, {d.batch, d.m()}, opts);
+    for (int64_t i = 0; i < d.k; ++i) {
+      at::Tensor yi = y.narrow(1, i * d.q, d.q);
+      at::mm_out(yi, x.narrow(1, i * d.p, d.p), w1[i].t());
+    }
+    return;
+  }
+  const at::Tensor w2 = view(p.w2, {d.l, d.s, d.r}, opts);
+  std::unique_ptr<ScratchTensor> vtmp;
+  at::Tensor v;
+  if (p.v) {
+    v = view(p.v, {d.batch, d.mid()}, opts);
+  } else {
+    vtmp = std::make_unique<ScratchTensor>(d.batch, d.mid(), opts);
+    v = vtmp->t;
+  }
+  // v[:, lm*r + i*q/l + a'] = x_i w1[i, lm + l*a', :]^T   (P_mid folded into the GEMMs)
+  const int64_t ql = d.q / d.l;
+  for (int64_t i = 0; i < d.k; ++i) {
+    const at::Tensor xi = x.narrow(1, i * d.p, d.p);
+    for (int64_t lm = 0; lm < d.l; ++lm) {
+      at::Tensor out = v.narrow(1, lm * d.r + i * ql, ql);
+      at::mm_out(out, xi, w1[i].slice(0, lm, d.q, d.l).t());
+    }
+  }
+  // w-layout result of the second factor, then P_out into y.
+  ScratchTensor wbuf(d.batch, d.m(), opts);
+  for (int64_t lm = 0; lm < d.l; ++lm) {
+    at::Tensor out = wbuf.t.narrow(1, lm * d.s, d.s);
+    at::mm_out(out, v.narrow(1, lm * d.r, d.r), w2[lm].t());
+  }
+  permute_rows_cpu(p.dtype, wbuf.ptr, d.m(), p.y, d.m(), d.batch, d.l, d.s, executor());
+}
+
+void blas_backward(const MonarchBackwardParams& p, const at::TensorOptions& opts) {
+  const MonarchDims& d = p.dims;
+  const at::Tensor dy = view(p.dy, {d.batch, d.m()}, {p.dy_stride, 1}, opts);
+  const at::Tensor w1 = view(p.w1, {d.k, d.q, d.p}, opts);
+  at::Tensor x;
+  if (p.x) x = view(p.x, {d.batch, d.n()}, {p.x_stride, 1}, opts);
+  if (!d.has_second_factor()) {  // block-diagonal: dU = dy
+    for (int64_t i = 0; i < d.k; ++i) {
+      const at::Tensor gi = dy.narrow(1, i * d.q, d.q);
+      if (p.dx) {
+        at::Tensor dxi = view(p.dx, {d.batch, d.n()}, opts).narrow(1, i * d.p, d.p);
+        at::mm_out(dxi, gi, w1[i]);
+      }
+      if (p.dw1) {
+        at::Tensor dwi = view(p.dw1, {d.k, d.q, d.p}, opts)[i];
+        at::mm_out(dwi, gi.t(), x.narrow(1, i * d.p, d.p));
+      }
+    }
+    return;
+  }
+  const at::Tensor w2 = view(p.w2, {d.l, d.s, d.r}, opts);
+  const int64_t ql = d.q / d.l;
+  // D = P_out^T dy: D[t][lm*s + sg] = dy[t][sg*l + lm]
+  ScratchTensor dbuf(d.batch, d.m(), opts);
+  permute_rows_cpu(p.dtype, p.dy, p.dy_stride, dbuf.ptr, d.m(), d.batch, d.s, d.l, executor());
+  const at::Tensor D = dbuf.t;
+
+  if (p.dw2) {
+    std::unique_ptr<ScratchTensor> vtmp;
+    at::Tensor v;
+    if (p.v) {
+      v = view(p.v, {d.batch, d.mid()}, opts);
+    } else {  // recompute v exactly as the forward does
+      vtmp = std::make_unique<ScratchTensor>(d.batch, d.mid(), opts);
+      v = vtmp->t;
+      for (int64_t i = 0; i < d.k; ++i)
+        for (int64_t lm = 0; lm < d.l; ++lm) {
+          at::Tensor out = v.narrow(1, lm * d.r + i * ql, ql);
+          at::mm_out(out, x.narrow(1, i * d.p, d.p), w1[i].slice(0, lm, d.q, d.l).t());
+        }
+    }
+    const at::Tensor dw2 = view(p.dw2, {d.l, d.s, d.r}, opts);
+    for (int64_t lm = 0; lm < d.l; ++lm) {
+      at::Tensor out = dw2[lm];
+      at::mm_out(out, D.narrow(1, lm * d.s, d.s).t(), v.narrow(1, lm * d.r, d.r));
+    }
+  }
+  if (!p.dx && !p.dw1) return;
+  // dV = D_lm w2[lm] per block (v layout); the first-factor gradients read it through the same
+  // row-interleaved sub-blocks as the forward.
+  ScratchTensor dvbuf(d.batch, d.mid(), opts);
+  const at::Tensor dV = dvbuf.t;
+  for (int64_t lm = 0; lm < d.l; ++lm) {
+    at::Tensor out = dV.narrow(1, lm * d.r, d.r);
+    at::mm_out(out, D.narrow(1, lm * d.s, d.s), w2[lm]);
+  }
+  for (int64_t i = 0; i < d.k; ++i) {
+    for (int64_t lm = 0; lm < d.l; ++lm) {
+      const at::Tensor dvi = dV.narrow(1, lm * d.r + i * ql, ql);
+      const at::Tensor w1s = w1[i].slice(0, lm, d.q, d.l);  // (q/l, p), row stride l*p
+      if (p.dx) {
+        at::Tensor dxi = view(p.dx, {d.batch, d.n()}, opts).narrow(1, i * d.p, d.p);
+        if (lm == 0)
+          at::mm_out(dxi, dvi, w1s);
+        else
+          at::addmm_out(dxi, dxi, dvi, w1s);
+      }
+      if (p.dw1) {
+        at::Tensor out = view(p.dw1, {d.k, d.q, d.p}, opts)[i].slice(0, lm, d.q, d.l);
+        at::mm_out(out, dvi.t(), x.narrow(1, i * d.p, d.p));
+      }
+    }
+  }
+}
+
+struct CpuKernel {
+  static bool native(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
+  static void forward(const MonarchForwardParams& p, const at::Tensor& like) {
+    if (use_blas(p.dims))
+      blas_forward(p, like.options());
+    else
+      monarch_forward_cpu(p, executor());
+  }
+  static void backward(const MonarchBackwardParams& p, const at::Tensor& like) {
+    if (use_blas(p.dims))
+      blas_backward(p, like.options());
+    else
+      monarch_backward_cpu(p, executor());
+  }
+};
+
+}  // namespace
+}  // namespace torch_impl
+}  // namespace structops
+
+TORCH_LIBRARY_IMPL(structops, CPU, m) { structops::torch_impl::register_monarch_ops<structops::torch_impl::CpuKernel>(m); }

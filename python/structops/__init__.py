@@ -1,0 +1,38 @@
+"""structops: fast structured-matrix kernels for PyTorch.
+
+    import structops
+    y = structops.monarch_matmul(x, w1, w2)        # fly's blockdiag_butterfly_multiply semantics
+    y = structops.blockdiag_matmul(x, w)            # fly's blockdiag_multiply semantics
+    layer = structops.nn.MonarchLinear(768, 3072, nblocks=4)
+    w1, w2, rel_err = structops.monarch_project(W, nblocks1, nblocks2)
+
+Operators are registered as ``torch.ops.structops.*`` (CPU kernels always; CUDA kernels when
+the extension was built with CUDA), with autograd, fake (meta) kernels for torch.compile, and
+autocast support.
+"""
+
+import torch  # noqa: F401  (must be imported first: _C links against libtorch/libc10)
+
+from . import _C  # noqa: F401  registers torch.ops.structops.*
+from . import nn, reference  # noqa: F401
+from .ops import blockdiag_matmul, monarch_matmul
+from .projection import monarch_project
+
+__version__ = _C.build_info()["version"]
+
+
+def build_info() -> dict:
+    """Versions, CUDA archs and CPU instruction-set variants of this build."""
+    info = dict(_C.build_info())
+    info["cpu_isa_in_use"] = _C.cpu_isa()
+    return info
+
+
+__all__ = [
+    "blockdiag_matmul",
+    "monarch_matmul",
+    "monarch_project",
+    "build_info",
+    "nn",
+    "reference",
+]
