@@ -111,12 +111,31 @@ const char* monarch_cpu_isa();
 const char* monarch_cpu_available_isas();
 
 // ------------------------------------------------------------------------------------------
-// CUDA (implemented in csrc/cuda; only built with STRUCTOPS_WITH_CUDA).  `stream` is a
-// cudaStream_t.  `workspace` is unused today (kept so callers allocate through their caching
-// allocator if a future kernel needs scratch).  Returns an error message or nullptr on success.
-// Supported dtypes: kFloat32, kBFloat16, kFloat16 (fp32 accumulation).  Archs: sm_80+.
+// CUDA (implemented in csrc/cuda; only built with STRUCTOPS_WITH_CUDA).
+//
+// Every block GEMM is one batched CUTLASS launch whose operands are addressed through affine
+// (row stride, column stride, batch stride) layouts, so P_mid and P_out are plain strides and no
+// permuted copy is ever made.  The saved intermediate (params.v) is u (= BD(w1) x, the layout the
+// strided GEMMs read directly), not v as on the CPU: it is private to the backend and only valid
+// as input of the same backend's backward.  Weight gradients reduce over tokens in a fixed number
+// of token splits whose partials are summed in order by a small kernel (deterministic, no
+// atomics).  `stream` is a cudaStream_t; nothing synchronises the host.
+//
+// Dtypes: kFloat32, kFloat64, kBFloat16, kFloat16 (bf16/fp16 inputs, fp32 accumulation).
+// Archs: sm_80 and newer (the sm_80 kernels also ship as sm_90a SASS).
+// Status: compiled in CI, not yet run on a GPU.
+//
+// Workspace: the caller allocates monarch_*_cuda_workspace(params) bytes (e.g. from its caching
+// allocator) and passes them in params via `workspace`.  Returns nullptr on success, else a
+// static error message.
 // ------------------------------------------------------------------------------------------
-const char* monarch_forward_cuda(const MonarchForwardParams& params, void* stream);
-const char* monarch_backward_cuda(const MonarchBackwardParams& params, void* stream);
+struct CudaWorkspace {
+  void* ptr = nullptr;
+  int64_t bytes = 0;
+};
+int64_t monarch_forward_cuda_workspace(const MonarchForwardParams& params);
+int64_t monarch_backward_cuda_workspace(const MonarchBackwardParams& params);
+const char* monarch_forward_cuda(const MonarchForwardParams& params, CudaWorkspace workspace, void* stream);
+const char* monarch_backward_cuda(const MonarchBackwardParams& params, CudaWorkspace workspace, void* stream);
 
 }  // namespace structops
