@@ -5,10 +5,11 @@
 //   * fused kernels (csrc/cpu): small and medium blocks, where a BLAS call per block would be
 //     dominated by overheads and copies;
 //   * "BLAS path": few large blocks (e.g. nblocks = 4).  Every block GEMM is one MKL/OpenBLAS call
-//     (at::mm_out) on a strided view, with P_mid folded into the GEMMs by splitting each first-
-//     factor block into l row-interleaved sub-blocks (needs q % l == 0), so only P_out needs a
-//     copy (permute_rows_cpu, a vectorised row-wise transpose).  Temporaries come from the
-//     kernels' scratch cache, so repeated calls do not page-fault fresh memory.
+//     (at::mm_out) on a strided view.  P_mid is folded into the GEMMs by splitting each first-
+//     factor block into l row-interleaved sub-blocks when those are wide (q/l >= 128), else it is
+//     a row-wise transpose (permute_rows_cpu, vectorised); P_out is always such a transpose.
+//     Needs q % l == 0.  Temporaries come from the kernels' scratch cache, so repeated calls do
+//     not page-fault fresh memory.
 #include <ATen/Parallel.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/from_blob.h>
@@ -60,15 +61,43 @@ at::Tensor view(const void* ptr, at::IntArrayRef sizes, const at::TensorOptions&
   return at::from_blob(const_cast<void*>(ptr), sizes, opts);
 }
 
-// BLAS path rule: large first-factor blocks (p, q >= 128) and, for Monarch, q % l == 0 with
-// sub-blocks of at least 64 columns (q/l >= 64) and second-factor blocks of at least 128.
+// BLAS path rule: large blocks in both factors (p, q, r, s >= 128) and q % l == 0.
 // STRUCTOPS_CPU_BLAS=0|1 forces the choice where the BLAS path applies (benchmarks, tests).
 bool use_blas(const MonarchDims& d) {
   const bool possible = !d.has_second_factor() || d.q % d.l == 0;
   if (!possible) return false;
   if (const char* env = std::getenv("STRUCTOPS_CPU_BLAS")) return env[0] == '1';
   if (d.p < 128 || d.q < 128) return false;
-  return !d.has_second_factor() || (d.q / d.l >= 64 && d.r >= 128 && d.s >= 128);
+  return !d.has_second_factor() || (d.r >= 128 && d.s >= 128);
+}
+
+// P_mid is folded into the first-factor GEMMs (row-interleaved sub-blocks of q/l columns) when
+// those sub-blocks are wide enough for BLAS to run at full speed; otherwise the GEMMs run on
+// whole blocks and P_mid is one row-wise transpose of the intermediate.
+bool fold_pmid(const MonarchDims& d) { return d.q / d.l >= 128; }
+
+// v = P_mid BD(w1) x  (v layout, rows of length k*q)
+void blas_first_factor_v(const MonarchDims& d, DType dtype, const at::Tensor& x, const at::Tensor& w1, at::Tensor& v,
+                         const at::TensorOptions& opts) {
+  if (fold_pmid(d)) {
+    // v[:, lm*r + i*q/l + a'] = x_i w1[i, lm + l*a', :]^T
+    const int64_t ql = d.q / d.l;
+    for (int64_t i = 0; i < d.k; ++i) {
+      const at::Tensor xi = x.narrow(1, i * d.p, d.p);
+      for (int64_t lm = 0; lm < d.l; ++lm) {
+        at::Tensor out = v.narrow(1, lm * d.r + i * ql, ql);
+        at::mm_out(out, xi, w1[i].slice(0, lm, d.q, d.l).t());
+      }
+    }
+    return;
+  }
+  ScratchTensor ubuf(d.batch, d.mid(), opts);
+  for (int64_t i = 0; i < d.k; ++i) {
+    at::Tensor out = ubuf.t.narrow(1, i * d.q, d.q);
+    at::mm_out(out, x.narrow(1, i * d.p, d.p), w1[i].t());
+  }
+  // v[t][lm*r + rh] = u[t][rh*l + lm]
+  permute_rows_cpu(dtype, ubuf.ptr, d.mid(), v.data_ptr(), d.mid(), d.batch, d.r, d.l, executor());
 }
 
 // y = x BD(w1)^T (block-diagonal op), or the Monarch forward; optional saved v.
@@ -93,15 +122,7 @@ void blas_forward(const MonarchForwardParams& p, const at::TensorOptions& opts) 
     vtmp = std::make_unique<ScratchTensor>(d.batch, d.mid(), opts);
     v = vtmp->t;
   }
-  // v[:, lm*r + i*q/l + a'] = x_i w1[i, lm + l*a', :]^T   (P_mid folded into the GEMMs)
-  const int64_t ql = d.q / d.l;
-  for (int64_t i = 0; i < d.k; ++i) {
-    const at::Tensor xi = x.narrow(1, i * d.p, d.p);
-    for (int64_t lm = 0; lm < d.l; ++lm) {
-      at::Tensor out = v.narrow(1, lm * d.r + i * ql, ql);
-      at::mm_out(out, xi, w1[i].slice(0, lm, d.q, d.l).t());
-    }
-  }
+  blas_first_factor_v(d, p.dtype, x, w1, v, opts);
   // w-layout result of the second factor, then P_out into y.
   ScratchTensor wbuf(d.batch, d.m(), opts);
   for (int64_t lm = 0; lm < d.l; ++lm) {
@@ -117,9 +138,9 @@ void blas_backward(const MonarchBackwardParams& p, const at::TensorOptions& opts
   const at::Tensor w1 = view(p.w1, {d.k, d.q, d.p}, opts);
   at::Tensor x;
   if (p.x) x = view(p.x, {d.batch, d.n()}, {p.x_stride, 1}, opts);
-  if (!d.has_second_factor()) {  // block-diagonal: dU = dy
+  auto first_factor_grads = [&](const at::Tensor& dU) {  // dU in u layout
     for (int64_t i = 0; i < d.k; ++i) {
-      const at::Tensor gi = dy.narrow(1, i * d.q, d.q);
+      const at::Tensor gi = dU.narrow(1, i * d.q, d.q);
       if (p.dx) {
         at::Tensor dxi = view(p.dx, {d.batch, d.n()}, opts).narrow(1, i * d.p, d.p);
         at::mm_out(dxi, gi, w1[i]);
@@ -129,10 +150,12 @@ void blas_backward(const MonarchBackwardParams& p, const at::TensorOptions& opts
         at::mm_out(dwi, gi.t(), x.narrow(1, i * d.p, d.p));
       }
     }
+  };
+  if (!d.has_second_factor()) {  // block-diagonal: dU = dy
+    first_factor_grads(dy);
     return;
   }
   const at::Tensor w2 = view(p.w2, {d.l, d.s, d.r}, opts);
-  const int64_t ql = d.q / d.l;
   // D = P_out^T dy: D[t][lm*s + sg] = dy[t][sg*l + lm]
   ScratchTensor dbuf(d.batch, d.m(), opts);
   permute_rows_cpu(p.dtype, p.dy, p.dy_stride, dbuf.ptr, d.m(), d.batch, d.s, d.l, executor());
@@ -146,11 +169,7 @@ void blas_backward(const MonarchBackwardParams& p, const at::TensorOptions& opts
     } else {  // recompute v exactly as the forward does
       vtmp = std::make_unique<ScratchTensor>(d.batch, d.mid(), opts);
       v = vtmp->t;
-      for (int64_t i = 0; i < d.k; ++i)
-        for (int64_t lm = 0; lm < d.l; ++lm) {
-          at::Tensor out = v.narrow(1, lm * d.r + i * ql, ql);
-          at::mm_out(out, x.narrow(1, i * d.p, d.p), w1[i].slice(0, lm, d.q, d.l).t());
-        }
+      blas_first_factor_v(d, p.dtype, x, w1, v, opts);
     }
     const at::Tensor dw2 = view(p.dw2, {d.l, d.s, d.r}, opts);
     for (int64_t lm = 0; lm < d.l; ++lm) {
@@ -159,14 +178,21 @@ void blas_backward(const MonarchBackwardParams& p, const at::TensorOptions& opts
     }
   }
   if (!p.dx && !p.dw1) return;
-  // dV = D_lm w2[lm] per block (v layout); the first-factor gradients read it through the same
-  // row-interleaved sub-blocks as the forward.
+  // dV = D_lm w2[lm] per block (v layout).
   ScratchTensor dvbuf(d.batch, d.mid(), opts);
   const at::Tensor dV = dvbuf.t;
   for (int64_t lm = 0; lm < d.l; ++lm) {
     at::Tensor out = dV.narrow(1, lm * d.r, d.r);
     at::mm_out(out, D.narrow(1, lm * d.s, d.s), w2[lm]);
   }
+  if (!fold_pmid(d)) {  // dU = P_mid^T dV: dU[t][rh*l + lm] = dV[t][lm*r + rh]
+    ScratchTensor dubuf(d.batch, d.mid(), opts);
+    permute_rows_cpu(p.dtype, dvbuf.ptr, d.mid(), dubuf.ptr, d.mid(), d.batch, d.l, d.r, executor());
+    first_factor_grads(dubuf.t);
+    return;
+  }
+  // Folded: the first-factor gradients read dV through the forward's row-interleaved sub-blocks.
+  const int64_t ql = d.q / d.l;
   for (int64_t i = 0; i < d.k; ++i) {
     for (int64_t lm = 0; lm < d.l; ++lm) {
       const at::Tensor dvi = dV.narrow(1, lm * d.r + i * ql, ql);
@@ -188,6 +214,18 @@ void blas_backward(const MonarchBackwardParams& p, const at::TensorOptions& opts
 
 struct CpuKernel {
   static bool native(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
+  // Large outputs come from the kernels' recycling cache and return to it when the tensor dies:
+  // a fresh allocation of this size is an mmap whose first touch page-faults every page, which
+  // on some machines costs as much as the whole kernel.  Small ones use the normal allocator.
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+    int64_t numel = 1;
+    for (int64_t s : sizes) numel *= s;
+    const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
+    if (bytes < (int64_t(4) << 20)) return at::empty(sizes, opts);
+    int64_t capacity = 0;
+    void* ptr = monarch_cpu_scratch_acquire(bytes, &capacity);
+    return at::from_blob(ptr, sizes, [capacity](void* p) { monarch_cpu_scratch_release(p, capacity); }, opts);
+  }
   static void forward(const MonarchForwardParams& p, const at::Tensor& like) {
     if (use_blas(p.dims))
       blas_forward(p, like.options());

@@ -16,6 +16,7 @@ struct CudaKernel {
   static bool native(at::ScalarType t) {
     return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
   }
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opts) { return at::empty(sizes, opts); }
   static void forward(const MonarchForwardParams& p, const at::Tensor& like) {
     const c10::cuda::CUDAGuard guard(like.device());
     const int64_t bytes = monarch_forward_cuda_workspace(p);

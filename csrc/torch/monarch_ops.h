@@ -4,6 +4,7 @@
 //                                                 dtypes are computed in float32 and cast back
 //   static void forward(const MonarchForwardParams&, const at::Tensor& like)
 //   static void backward(const MonarchBackwardParams&, const at::Tensor& like)
+//   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions&)   output allocation
 // The bodies validate, reshape to (batch, features) rows, allocate outputs, fill the params
 // struct and call the kernel.  No data is copied unless x is not row-addressable.
 #pragma once
@@ -39,9 +40,9 @@ struct MonarchOps {
 
     int64_t xs = 0;
     const at::Tensor x2 = as_rows(x, d.batch, d.n(), &xs);
-    at::Tensor y = at::empty({d.batch, d.m()}, x.options());
+    at::Tensor y = Kernel::empty({d.batch, d.m()}, x.options());
     at::Tensor v;
-    if (save_v) v = at::empty({d.batch, d.mid()}, x.options());
+    if (save_v) v = Kernel::empty({d.batch, d.mid()}, x.options());
 
     MonarchForwardParams p;
     p.dims = d;
@@ -103,7 +104,7 @@ struct MonarchOps {
     const at::Tensor g2 = as_rows(cvt(grad_in), d.batch, d.m(), &gs);
 
     at::Tensor dx, dw1, dw2;
-    if (mask[0]) dx = at::empty({d.batch, d.n()}, w1.options());
+    if (mask[0]) dx = Kernel::empty({d.batch, d.n()}, w1.options());
     if (mask[1]) dw1 = at::empty({d.k, d.q, d.p}, w1.options());
     if (mask[2]) dw2 = at::empty({d.l, d.s, d.r}, w1.options());
 
