@@ -51,7 +51,7 @@ bench: build
 	$(PY) bench/bench_monarch.py --json bench/results/monarch.json
 
 bench-cpp: build
-	$(VENV)/bin/cmake -S . -B build/bench -G Ninja -DCMAKE_MAKE_PROGRAM=$(VENV)/bin/ninja \
+	$(VENV)/bin/cmake -S . -B build/bench -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja \
 	  -DPython_EXECUTABLE=$(abspath $(PY)) -DSTRUCTOPS_BUILD_PYTHON=OFF -DSTRUCTOPS_BUILD_BENCH=ON \
 	  -DSTRUCTOPS_CUDA=$(STRUCTOPS_CUDA) "-DSTRUCTOPS_CUDA_ARCHS=$(STRUCTOPS_CUDA_ARCHS)"
 	$(VENV)/bin/cmake --build build/bench
