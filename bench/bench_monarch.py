@@ -53,20 +53,25 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def _median_time(fn, device: str, min_runs: int, min_seconds: float) -> float:
-    """Median wall time of fn() after one warm-up call (CUDA: synchronised)."""
+def _interleaved_medians(fns: dict, device: str, min_runs: int, min_seconds: float) -> dict:
+    """Median wall time of every fn, timed round-robin (A, B, C, A, B, C, ...) so that slow
+    drifts of the machine (other tenants, clocks) hit all contenders alike.  One warm-up call
+    each; CUDA is synchronised around every call."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    fn()
-    sync()
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_runs or (time.perf_counter() - start < min_seconds and len(times) < 50):
-        t0 = time.perf_counter()
+    for fn in fns.values():
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+    times = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_runs or (time.perf_counter() - start < min_seconds * len(fns) and rounds < 50):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def bench_case(tokens: int, n: int, nblocks: int, device: str, dtype, min_runs: int, min_seconds: float):
@@ -87,7 +92,7 @@ def bench_case(tokens: int, n: int, nblocks: int, device: str, dtype, min_runs: 
         "dense": lambda: F.linear(x, W),
     }
     params = {"dense": (x, W)}
-    results = {}
+    fwd_fns, fwd_bwd_fns = {}, {}
     for name, f in contenders.items():
         inputs = params.get(name, (x, w1, w2))
 
@@ -98,10 +103,10 @@ def bench_case(tokens: int, n: int, nblocks: int, device: str, dtype, min_runs: 
         def fwd_bwd(f=f, inputs=inputs):
             torch.autograd.grad(f(), inputs, g)
 
-        results[name] = {
-            "fwd_ms": 1e3 * _median_time(fwd, device, min_runs, min_seconds),
-            "fwd_bwd_ms": 1e3 * _median_time(fwd_bwd, device, min_runs, min_seconds),
-        }
+        fwd_fns[name], fwd_bwd_fns[name] = fwd, fwd_bwd
+    t_fwd = _interleaved_medians(fwd_fns, device, min_runs, min_seconds)
+    t_fwd_bwd = _interleaved_medians(fwd_bwd_fns, device, min_runs, min_seconds)
+    results = {name: {"fwd_ms": 1e3 * t_fwd[name], "fwd_bwd_ms": 1e3 * t_fwd_bwd[name]} for name in contenders}
     monarch_flops = 4.0 * tokens * n * b  # two block-diagonal factors, forward
     dense_flops = 2.0 * tokens * n * n
     ideal = dense_flops / monarch_flops
@@ -145,16 +150,16 @@ def main(argv=None) -> int:
 
     if args.cases:
         cases = [tuple(int(v) for v in c.split(":")) for c in args.cases.split(",")]
-        min_runs, min_seconds = 5, 2.0
+        min_runs, min_seconds = 7, 1.0
     elif args.quick:
         cases = [(512, 256, 4), (512, 256, 16)]
         min_runs, min_seconds = 3, 0.2
     elif args.device == "cuda":
         cases = [(t, n, nb) for t in (8192, 65536) for n in (1024, 4096) for nb in (4, int(math.isqrt(n)))]
-        min_runs, min_seconds = 10, 1.0
+        min_runs, min_seconds = 10, 0.5
     else:
         cases = [(8192, 1024, 32), (8192, 1024, 4), (4096, 4096, 64), (4096, 4096, 4)]
-        min_runs, min_seconds = 5, 2.0
+        min_runs, min_seconds = 7, 1.0
 
     meta = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
