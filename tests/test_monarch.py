@@ -369,3 +369,23 @@ def test_large_sqrt_n_shape_float32():
     y = structops.monarch_matmul(x, w1 / math.sqrt(b), w2 / math.sqrt(b))
     exact = reference.monarch_matmul(x.double(), w1.double() / math.sqrt(b), w2.double() / math.sqrt(b))
     assert (y.double() - exact).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("isa", available_isas())
+@pytest.mark.parametrize("blas", ["0", "1"])
+@pytest.mark.parametrize("shape", [(2, 8, 5, 2, 7, 8), (4, 16, 3, 4, 5, 16), (8, 40, 6, 8, 3, 40), (4, 36, 2, 4, 9, 36)])
+def test_narrow_second_factor_transposes(isa, blas, shape, cpu_isa, monkeypatch):
+    """l in {2, 4, 8} (fewer blocks than SIMD lanes) takes the shuffle-based narrow transpose for
+    P_mid / P_out: check y, the saved v and all gradients on every variant and both CPU paths."""
+    cpu_isa(isa)
+    monkeypatch.setenv("STRUCTOPS_CPU_BLAS", blas)
+    k, q, p, l, s, r = shape
+    x, w1, w2 = make(*shape, lead=(13,), requires_grad=True)
+    y = structops.monarch_matmul(x, w1, w2, recompute=False)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, (x, w1, w2), g),
+                    torch.autograd.grad(reference.monarch_matmul(x, w1, w2), (x, w1, w2), g)):
+        torch.testing.assert_close(a, b)
+    _, v = torch.ops.structops.monarch_matmul_fwd(x.detach(), w1.detach(), w2.detach())
+    u = reference.blockdiag_matmul(x.detach(), w1.detach())
+    torch.testing.assert_close(v, u.reshape(13, r, l).transpose(1, 2).reshape(13, k * q))
