@@ -1,0 +1,176 @@
+"""Unlearning benchmark: every method scored against models retrained without the forget set.
+
+    python -m structops.unlearn.bench --track A --scenario mislabel --seeds 8
+    python -m structops.unlearn.bench --track B --scenario forget05 --seeds 8 --methods finetune,npo,simnpo
+
+Prints a table per fresh forget set, writes JSON (``--json``, default
+``bench/results/unlearn_<track>_<scenario>.json``) and a PNG of the forget-vs-retain trade-off
+(``--png``).  Originals and oracles are cached (``--cache``, default ``$STRUCTOPS_CACHE`` or
+``~/.cache/structops``), so re-running an evaluation does not retrain them.  See
+:mod:`structops.unlearn.protocol` for the protocol and docs/UNLEARNING.md for results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+from .methods import METHODS
+from .protocol import ProtocolConfig, default_cache_dir, run_protocol
+
+
+def make_track(name: str):
+    if name.upper() == "A":
+        from .tracks.track_a import TrackA
+
+        return TrackA()
+    if name.upper() == "B":
+        from .tracks.track_b import TrackB
+
+        return TrackB()
+    raise ValueError(f"--track must be A or B, got {name!r}")
+
+
+# columns: (header, key, format)
+COLUMNS_A = [
+    ("accF", "acc_forget", "{:.3f}"),
+    ("accR", "acc_retain", "{:.3f}"),
+    ("accT", "acc_test", "{:.3f}"),
+    ("gKLoM F", "gklom_forget_p50", "{:.2f}"),
+    ("gKLoM F95", "gklom_forget_p95", "{:.1f}"),
+    ("gKLoM T", "gklom_test_p50", "{:.2f}"),
+    ("KLoM F", "klom_forget_p50", "{:.2f}"),
+    ("KLoM T95", "klom_test_p95", "{:.2f}"),
+    ("MIA", "mia_loss", "{:.2f}"),
+    ("MIAsvc", "mia_svc", "{:.2f}"),
+    ("rKL", "retain_kl", "{:.3f}"),
+    ("int4 accF", "int4_acc_forget", "{:.3f}"),
+    ("int4 gKF", "gklom_int4_forget_p50", "{:.2f}"),
+    ("relearn", "relearn_gap", "{:.3f}"),
+    ("ms", "seconds", "{:.0f}"),
+]
+COLUMNS_B = [
+    ("accF", "acc_forget", "{:.3f}"),
+    ("accR", "acc_retain", "{:.3f}"),
+    ("util", "model_utility", "{:.3f}"),
+    ("FQ", "forget_quality", "{:.2g}"),
+    ("TR F", "truth_ratio_forget", "{:.3f}"),
+    ("ES F", "extraction_strength_forget", "{:.3f}"),
+    ("EM F", "exact_memorization_forget", "{:.3f}"),
+    ("MinK AUC", "mink_auc", "{:.2f}"),
+    ("privleak", "privleak", "{:.1f}"),
+    ("gKLoM F", "gklom_forget_p50", "{:.2f}"),
+    ("rKL", "retain_kl", "{:.3f}"),
+    ("int4 accF", "int4_acc_forget", "{:.3f}"),
+    ("relearn", "relearn_gap", "{:.3f}"),
+    ("s", "seconds", "{:.1f}"),
+]
+
+
+def format_table(report: dict, columns) -> str:
+    arms = [a for a in report if not a.startswith("_")]
+    order = ["oracle", "original"] + [a for a in arms if a not in ("oracle", "original")]
+    rows = [["method"] + [h for h, _, _ in columns]]
+    for a in order:
+        s = report[a]
+        row = [a]
+        for _, k, fmt in columns:
+            v = s.get(k)
+            if k == "seconds" and "ms" in [h for h, kk, _ in columns if kk == k]:
+                v = None if v is None else v * 1e3
+            row.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def plot_tradeoff(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for split, report in results["report"].items():
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for arm, s in report.items():
+            if arm.startswith("_"):
+                continue
+            x = s.get("gklom_forget_p50", np.nan)
+            y = s.get("retain_kl", 0.0) if arm not in ("oracle", "original") else (0.0 if arm == "original" else np.nan)
+            if arm == "oracle":
+                y = s.get("gklom_retain_p50", np.nan)
+            ax.scatter([x], [max(y, 1e-4)], s=40)
+            ax.annotate(arm, (x, max(y, 1e-4)), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_yscale("log")
+        ax.set_xlabel("forget: median Gaussian KLoM to the oracles (lower = closer to retraining)")
+        ax.set_ylabel("retain KL(original || unlearned)  (lower = less collateral)")
+        ax.set_title(f"Track {results['track']} / {results['scenario']} / split {split}, {results['seeds']} seeds")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        out = path if len(results["report"]) == 1 else path.replace(".png", f"_split{split}.png")
+        fig.savefig(out, dpi=120)
+        plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--track", required=True, help="A (digits MLP) or B (tiny transformer on synthetic facts)")
+    ap.add_argument("--scenario", required=True, help="A: random | class | mislabel; B: forget01 | forget05 | forget10")
+    ap.add_argument("--methods", default="all", help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    ap.add_argument("--seeds", type=int, default=8, help="originals per forget set (oracles: 2x)")
+    ap.add_argument("--tune-seeds", type=int, default=4, help="originals used when tuning")
+    ap.add_argument("--fresh", type=int, default=1, help="number of fresh forget sets to report on")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--cache", default=default_cache_dir())
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--png", default=None)
+    ap.add_argument("--no-probes", action="store_true", help="skip the quantisation and relearning probes")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    track = make_track(args.track)
+    methods = tuple(METHODS) if args.methods == "all" else tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if track.name == "B":
+        methods = tuple(m for m in methods if m in track.supported_methods) if args.methods == "all" else methods
+    cfg = ProtocolConfig(seeds=args.seeds, tune_seeds=args.tune_seeds, fresh_splits=tuple(range(1, 1 + args.fresh)),
+                         methods=methods, workers=args.workers, cache_dir=args.cache, probes=not args.no_probes,
+                         progress=not args.no_progress)
+    results = run_protocol(track, args.scenario, cfg)
+    results["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    columns = COLUMNS_A if track.name == "A" else COLUMNS_B
+    for split, report in results["report"].items():
+        sizes = report.get("_sizes", {})
+        print(f"\nTrack {track.name} / {args.scenario} / fresh forget set {split}: {args.seeds} originals, "
+              f"{2 * args.seeds} oracles (half reference, half the 'oracle' arm); sizes {sizes}")
+        print(format_table(report, columns))
+    print("\nchosen configurations (tuned on forget set 0):")
+    for m, c in results["chosen"].items():
+        print(f"  {m}: {c}")
+    t = results["timing"]
+    print(f"\ntime: models {t['models_s']:.0f} s, tuning {t['tuning_s']:.0f} s, report {t['report_s']:.0f} s, "
+          f"total {t['total_s']:.0f} s")
+    base = os.path.join("bench", "results", f"unlearn_{track.name}_{args.scenario}")
+    json_path = args.json or base + ".json"
+    png_path = args.png or base + ".png"
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(results, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    try:
+        plot_tradeoff(results, png_path)
+        print(f"wrote {json_path} and {png_path}")
+    except ImportError:
+        print(f"wrote {json_path} (matplotlib not installed: no plot)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

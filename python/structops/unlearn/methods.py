@@ -1,0 +1,571 @@
+"""Unlearning methods, one calling convention:
+
+    new_model = method(model, forget, retain, *, objective=None, inplace=False, seed=0, **hparams)
+
+* ``forget`` / ``retain``: tensor tuples, Datasets or DataLoaders (see :mod:`.data`).
+* ``objective``: :class:`~.objectives.Classification` (default), :class:`~.objectives.CausalLM`
+  (token-level loss with label masking) or any ``loss_fn(model, batch) -> (B,)``.
+* ``inplace=False`` (default): the model is deep-copied and the copy is returned; the caller's
+  model is never modified.  ``inplace=True`` updates and returns ``model`` itself.
+* Deterministic given ``seed`` (data order and any sampling run under a forked RNG).
+* Every call appends ``{"method", "seconds", "hparams"}`` to ``new_model.unlearning_log``
+  (the wall-clock time of the method itself; sequential requests accumulate).
+
+Defaults are the published ones (source in each docstring); they are LLM- or CIFAR-scale and
+meant to be tuned — ``python -m structops.unlearn.bench`` tunes every method with the same
+budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import batches, check_unlearning_inputs, materialize, num_examples
+from .objectives import Objective, as_objective
+
+__all__ = [
+    "finetune",
+    "gradient_ascent",
+    "grad_diff",
+    "npo",
+    "simnpo",
+    "ssd",
+    "l1_sparse",
+    "prune_then_unlearn",
+    "iau",
+    "newton_step",
+    "representation_projection",
+    "METHODS",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# shared machinery
+# ---------------------------------------------------------------------------------------------
+def _method(fn: Callable) -> Callable:
+    """Common wrapper: validation, copy-or-inplace, forked RNG, timing, log."""
+
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, forget, retain=None, *, objective=None, inplace: bool = False, seed: int = 0,
+                check: bool = True, **hparams):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{fn.__name__}: model must be an nn.Module, got {type(model).__name__}")
+        obj = as_objective(objective)
+        if check:
+            check_unlearning_inputs(model, forget, retain, obj, require_retain=getattr(wrapper, "needs_retain", True))
+        target = model if inplace else copy.deepcopy(model)
+        log = list(getattr(model, "unlearning_log", []))
+        cuda_devices = sorted({p.device.index or 0 for p in target.parameters() if p.device.type == "cuda"})
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            gen = torch.Generator().manual_seed(seed)
+            out = fn(target, forget, retain, obj, gen, **hparams)
+        seconds = time.perf_counter() - start
+        out = out if out is not None else target
+        out.unlearning_log = log + [{"method": fn.__name__, "seconds": seconds, "hparams": dict(hparams)}]
+        return out
+
+    wrapper.raw = fn
+    return wrapper
+
+
+def _needs_retain(flag: bool):
+    """Marks a wrapped method that may run without retain data."""
+
+    def deco(wrapper):
+        wrapper.needs_retain = flag
+        return wrapper
+
+    return deco
+
+
+def _optimizer(params, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
+    params = [p for p in params if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {name!r}")
+
+
+def _cycle(data, batch_size, gen):
+    """Endless batches of `data`, reshuffled each pass."""
+    while True:
+        yielded = False
+        for b in batches(data, batch_size, shuffle=True, generator=gen):
+            yielded = True
+            yield b
+        if not yielded:
+            return
+
+
+def _mean_loss(objective: Objective, model, batch) -> Tensor:
+    return objective.mean_nll(model, batch).mean()
+
+
+def _train_loop(model, forget, retain, objective, gen, *, epochs, batch_size, lr, optimizer, weight_decay,
+                step_loss, over="forget", grad_clip=None, post_step=None):
+    """Generic optimisation loop.  One epoch = one pass over `over` ('forget' or 'retain');
+    step_loss(model, forget_batch, retain_batch, step, total_steps) returns the scalar loss."""
+    model.train()
+    opt = _optimizer(model.parameters(), optimizer, lr, weight_decay)
+    main = forget if over == "forget" else retain
+    other = retain if over == "forget" else forget
+    other_iter = _cycle(other, batch_size, gen) if other is not None else None
+    n_main = num_examples(main)
+    steps_per_epoch = max(1, math.ceil(n_main / (batch_size or n_main)))
+    total = epochs * steps_per_epoch
+    step = 0
+    for _ in range(epochs):
+        for b in batches(main, batch_size, shuffle=True, generator=gen):
+            o = next(other_iter) if other_iter is not None else None
+            fb, rb = (b, o) if over == "forget" else (o, b)
+            loss = step_loss(model, fb, rb, step, total)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            if post_step is not None:
+                post_step(model)
+            step += 1
+    model.eval()
+    return model
+
+
+def _retain_term(kind: str, objective, model, ref, batch):
+    if kind == "nll":
+        return _mean_loss(objective, model, batch)
+    if kind == "kl":  # KL(ref || model) over scored positions
+        with torch.no_grad():
+            ref_logp, _, _ = objective.scored_logprobs(ref, batch)
+        logp, _, _ = objective.scored_logprobs(model, batch)
+        return F.kl_div(logp, ref_logp, reduction="batchmean", log_target=True)
+    raise ValueError(f"retain_loss must be 'nll' or 'kl', got {kind!r}")
+
+
+def _frozen_copy(model):
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+# ---------------------------------------------------------------------------------------------
+# first-order methods
+# ---------------------------------------------------------------------------------------------
+@_method
+def finetune(model, forget, retain, objective, gen, *, lr: float = 0.01, epochs: int = 10, batch_size: int | None = 128,
+             optimizer: str = "sgd", weight_decay: float = 5e-4):
+    """Fine-tune on the retain set only ("FT", Unlearn-Sparse: lr 0.01, 10 epochs, SGD momentum
+    0.9, weight decay 5e-4)."""
+    return _train_loop(model, forget, retain, objective, gen, epochs=epochs, batch_size=batch_size, lr=lr,
+                       optimizer=optimizer, weight_decay=weight_decay, over="retain",
+                       step_loss=lambda m, fb, rb, s, t: _mean_loss(objective, m, rb))
+
+
+@_needs_retain(False)
+@_method
+def gradient_ascent(model, forget, retain, objective, gen, *, lr: float = 1e-4, epochs: int = 5,
+                    batch_size: int | None = 128, optimizer: str = "sgd", weight_decay: float = 0.0):
+    """Ascend the forget loss ("GA", Unlearn-Sparse: lr 1e-4, 5 epochs; open-unlearning
+    GradAscent = -NLL(forget))."""
+    return _train_loop(model, forget, None, objective, gen, epochs=epochs, batch_size=batch_size, lr=lr,
+                       optimizer=optimizer, weight_decay=weight_decay, over="forget",
+                       step_loss=lambda m, fb, rb, s, t: -_mean_loss(objective, m, fb))
+
+
+@_method
+def grad_diff(model, forget, retain, objective, gen, *, lr: float = 1e-5, epochs: int = 10, batch_size: int | None = 32,
+              gamma: float = 1.0, alpha: float = 1.0, retain_loss: str = "nll", optimizer: str = "adamw",
+              weight_decay: float = 0.01):
+    """Gradient difference: gamma * (-NLL(forget)) + alpha * retain term, retain term NLL or
+    KL(original || model) on retain (open-unlearning GradDiff: gamma = alpha = 1, lr 1e-5,
+    10 epochs, AdamW, weight decay 0.01)."""
+    ref = _frozen_copy(model) if retain_loss == "kl" else None
+    return _train_loop(model, forget, retain, objective, gen, epochs=epochs, batch_size=batch_size, lr=lr,
+                       optimizer=optimizer, weight_decay=weight_decay, over="forget",
+                       step_loss=lambda m, fb, rb, s, t: -gamma * _mean_loss(objective, m, fb)
+                       + alpha * _retain_term(retain_loss, objective, m, ref, rb))
+
+
+@_method
+def npo(model, forget, retain, objective, gen, *, beta: float = 0.1, lr: float = 1e-5, epochs: int = 10,
+        batch_size: int | None = 32, gamma: float = 1.0, alpha: float = 1.0, retain_loss: str = "nll",
+        optimizer: str = "adamw", weight_decay: float = 0.01):
+    """Negative Preference Optimisation (Zhang et al. 2024; open-unlearning NPO: beta = 0.1,
+    gamma = alpha = 1):  -(2/beta) log sigmoid(-beta (NLL_ref - NLL_model)) on forget, with
+    sequence-summed NLLs and the frozen original as reference, plus alpha * retain term."""
+    ref = _frozen_copy(model)
+
+    def step_loss(m, fb, rb, s, t):
+        nll, _ = objective.nll(m, fb)
+        with torch.no_grad():
+            nll_ref, _ = objective.nll(ref, fb)
+        log_ratio = nll_ref - nll  # log p_model - log p_ref
+        forget_term = -F.logsigmoid(-beta * log_ratio).mean() * 2 / beta
+        return gamma * forget_term + alpha * _retain_term(retain_loss, objective, m, ref, rb)
+
+    return _train_loop(model, forget, retain, objective, gen, epochs=epochs, batch_size=batch_size, lr=lr,
+                       optimizer=optimizer, weight_decay=weight_decay, over="forget", step_loss=step_loss)
+
+
+@_method
+def simnpo(model, forget, retain, objective, gen, *, beta: float = 4.5, delta: float = 0.0, lr: float = 1e-5,
+           epochs: int = 10, batch_size: int | None = 32, gamma: float = 0.125, alpha: float = 1.0,
+           retain_loss: str = "nll", optimizer: str = "adamw", weight_decay: float = 0.01):
+    """SimNPO (Fan et al. 2024; open-unlearning: beta = 4.5, delta = 0, gamma = 0.125, alpha = 1):
+    reference-free, length-normalised: -(2/beta) log sigmoid(beta (NLL/|y| - delta)) on forget."""
+    ref = _frozen_copy(model) if retain_loss == "kl" else None
+
+    def step_loss(m, fb, rb, s, t):
+        nll, n = objective.nll(m, fb)
+        forget_term = -F.logsigmoid(beta * (nll / n.clamp_min(1) - delta)).mean() * 2 / beta
+        return gamma * forget_term + alpha * _retain_term(retain_loss, objective, m, ref, rb)
+
+    return _train_loop(model, forget, retain, objective, gen, epochs=epochs, batch_size=batch_size, lr=lr,
+                       optimizer=optimizer, weight_decay=weight_decay, over="forget", step_loss=step_loss)
+
+
+def _l1(model) -> Tensor:
+    return sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
+
+
+@_method
+def l1_sparse(model, forget, retain, objective, gen, *, lr: float = 0.01, epochs: int = 10, batch_size: int | None = 128,
+              alpha: float = 5e-4, no_l1_epochs: int = 0, optimizer: str = "sgd", weight_decay: float = 5e-4):
+    """l1-sparse unlearning (Unlearn-Sparse ``FT_l1``): fine-tune on retain with
+    CE + gamma_t ||theta||_1, gamma_t = alpha (1 - t / (E - E_no_l1)) decayed linearly per epoch,
+    0 for the last ``no_l1_epochs`` (lr 0.01, 10 epochs; alpha is swept in the paper)."""
+    decay_epochs = max(1, epochs - no_l1_epochs)
+    steps_per_epoch = max(1, math.ceil(num_examples(retain) / (batch_size or num_examples(retain))))
+
+    def step_loss(m, fb, rb, s, t):
+        epoch = s // steps_per_epoch
+        g = alpha * max(0.0, 1 - epoch / decay_epochs) if epoch < decay_epochs else 0.0
+        loss = _mean_loss(objective, m, rb)
+        return loss + g * _l1(m) if g > 0 else loss
+
+    return _train_loop(model, forget, retain, objective, gen, epochs=epochs, batch_size=batch_size, lr=lr,
+                       optimizer=optimizer, weight_decay=weight_decay, over="retain", step_loss=step_loss)
+
+
+@_method
+def iau(model, forget, retain, objective, gen, *, lr: float = 1e-3, batch_size: int | None = 512):
+    """Influence Approximation Unlearning (IAU, Lolo1222/IAU): ONE Adam step (lr 1e-3) on the
+    full-data gradient of mean CE(retain) - mean CE(forget) (retain descent + forget ascent)."""
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    opt.zero_grad(set_to_none=True)
+    for data, sign in ((retain, 1.0), (forget, -1.0)):
+        n = num_examples(data)
+        for b in batches(data, batch_size):
+            loss = objective.mean_nll(model, b).sum() * (sign / n)
+            loss.backward()
+    opt.step()
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Selective Synaptic Dampening
+# ---------------------------------------------------------------------------------------------
+def _diag_importance(model, data, objective, batch_size) -> dict[str, Tensor]:
+    """SSD importance: (1/#batches) sum_batches (grad of the batch-mean loss)^2."""
+    imp = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
+    count = 0
+    for b in batches(data, batch_size):
+        model.zero_grad(set_to_none=True)
+        _mean_loss(objective, model, b).backward()
+        for n, p in model.named_parameters():
+            if p.requires_grad and p.grad is not None:
+                imp[n] += p.grad.detach() ** 2
+        count += 1
+    model.zero_grad(set_to_none=True)
+    return {n: v / max(count, 1) for n, v in imp.items()}
+
+
+@_method
+def ssd(model, forget, retain, objective, gen, *, alpha: float = 10.0, lam: float = 1.0, exponent: float = 1.0,
+        batch_size: int | None = 64):
+    """Selective Synaptic Dampening (Foster et al. 2024, if-loops/selective-synaptic-dampening,
+    exact): importances I_D (full train set D = retain + forget) and I_Df (forget), each the
+    squared batch-mean gradient averaged over batches (eval mode, true labels); parameters with
+    I_Df > alpha I_D are multiplied by beta = min((lam I_D / I_Df)^exponent, 1).  Defaults:
+    lam = 1, alpha = 10 (ResNet18), batch size 64."""
+    model.eval()
+    full = _concat_data(retain, forget)
+    i_d = _diag_importance(model, full, objective, batch_size)
+    i_f = _diag_importance(model, forget, objective, batch_size)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n not in i_d:
+                continue
+            sel = i_f[n] > alpha * i_d[n]
+            beta = torch.clamp((lam * i_d[n] / i_f[n].clamp_min(1e-30)) ** exponent, max=1.0)
+            p.mul_(torch.where(sel, beta, torch.ones_like(beta)))
+    return model
+
+
+def _concat_data(a, b):
+    ma, mb = materialize(a), materialize(b)
+    return tuple(torch.cat([x, y]) for x, y in zip(ma, mb))
+
+
+# ---------------------------------------------------------------------------------------------
+# prune, then unlearn
+# ---------------------------------------------------------------------------------------------
+def _prunable(model) -> list[tuple[nn.Module, str]]:
+    return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
+            and getattr(m, "weight", None) is not None]
+
+
+@_method
+def prune_then_unlearn(model, forget, retain, objective, gen, *, sparsity: float = 0.95,
+                       unlearner: str | Callable = "finetune", unlearner_kwargs: dict | None = None):
+    """Unlearn-Sparse "prune first, then unlearn": one-shot global magnitude pruning (OMP) of all
+    Linear/Conv weights to ``sparsity`` (default 0.95), then ``unlearner`` (a method or its
+    name) runs on the masked model; the masks stay in force during unlearning (weights are
+    reparametrised as weight_orig * mask) and are made permanent afterwards."""
+    import torch.nn.utils.prune as prune
+
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    targets = _prunable(model)
+    if not targets:
+        raise ValueError("prune_then_unlearn: the model has no Linear/Conv weights to prune")
+    prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=sparsity)
+    fn = METHODS[unlearner] if isinstance(unlearner, str) else unlearner
+    if getattr(fn, "raw", None) is None:
+        raise ValueError(f"unlearner must be a structops.unlearn method or its name, got {unlearner!r}")
+    fn.raw(model, forget, retain, objective, gen, **(unlearner_kwargs or {}))
+    for m, name in targets:
+        prune.remove(m, name)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Newton / influence step with the exact GGN (small models)
+# ---------------------------------------------------------------------------------------------
+def _flat_params(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def exact_ggn(model: nn.Module, data, objective: Objective | None = None, chunk: int = 64,
+              dtype=torch.float64) -> Tensor:
+    """Exact generalised Gauss-Newton matrix of the mean loss over ``data``:
+    G = mean_n J_n^T (diag p_n - p_n p_n^T) J_n with J_n = d logits_n / d theta (softmax
+    cross-entropy; with a CausalLM objective every scored position is a term).  Dense P x P:
+    small models only (Track A's 2,410-parameter MLP)."""
+    from torch.func import functional_call, jacrev, vmap
+
+    objective = as_objective(objective)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names = [n for n, _ in named]
+    pvals = tuple(p.detach() for _, p in named)
+    P = sum(p.numel() for p in pvals)
+    buffers = dict(model.named_buffers())
+    was_training = model.training
+    model.eval()
+
+    def logits_of(pv, xi):  # one example -> (positions, C)
+        out = functional_call(model, {**buffers, **dict(zip(names, pv))}, (xi[None],))
+        out = out.logits if hasattr(out, "logits") else out
+        return out.reshape(-1, out.shape[-1])
+
+    G = torch.zeros(P, P, dtype=dtype)
+    count = 0
+    ignore = getattr(objective, "ignore_index", None)
+    for b in batches(data, chunk):
+        x = b[0]
+        B = x.shape[0]
+        jac = vmap(lambda xi: jacrev(logits_of)(pvals, xi))(x)  # per param: (B, pos, C, *shape)
+        J = torch.cat([j.reshape(j.shape[0], j.shape[1], j.shape[2], -1) for j in jac], dim=-1).to(dtype)
+        with torch.no_grad():
+            logits = torch.stack([logits_of(pvals, xi) for xi in x]).to(dtype)  # (B, pos, C)
+        p = logits.softmax(-1)
+        if ignore is not None:
+            mask = (b[1] != ignore).reshape(B, -1)
+        else:
+            mask = torch.ones(B, p.shape[1], dtype=torch.bool)
+        Jm, pm = J[mask], p[mask]  # (N, C, P), (N, C)
+        sq = pm.sqrt()[:, :, None] * Jm
+        flat = sq.reshape(-1, P)
+        G += flat.T @ flat
+        v = torch.einsum("nc,ncp->np", pm, Jm)
+        G -= v.T @ v
+        count += int(mask.sum())
+    model.train(was_training)
+    return G / max(count, 1)
+
+
+def _flat_grad(model, data, objective, batch_size=None) -> Tensor:
+    """Gradient of the mean loss over `data`, flattened, float64."""
+    params = _flat_params(model)
+    n = num_examples(data)
+    grads = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    for b in batches(data, batch_size):
+        loss = objective.mean_nll(model, b).sum() / n
+        gs = torch.autograd.grad(loss, params, allow_unused=True)
+        for acc, g in zip(grads, gs):
+            if g is not None:
+                acc += g.to(torch.float64)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+@_method
+def newton_step(model, forget, retain, objective, gen, *, eta: float | None = None, damping: float = 1e-3,
+                weight_decay: float = 0.0, max_params: int = 20000):
+    """One influence-calibrated Gauss-Newton step with the EXACT GGN of the retain loss:
+    theta <- theta + eta (G_r + (weight_decay + damping) I)^-1 (grad L_f + weight_decay theta),
+    eta = |forget| / |retain| by default — the first-order estimate of retraining without the
+    forget set (Koh & Liang 2017; with weight_decay the L2 term of the training objective).
+    The analytic reference for the K-FAC-based methods; dense GGN, so small models only
+    (``max_params``)."""
+    params = _flat_params(model)
+    P = sum(p.numel() for p in params)
+    if P > max_params:
+        raise ValueError(f"newton_step builds the dense {P} x {P} GGN; the model has more than max_params="
+                         f"{max_params} parameters (use a K-FAC method for large models)")
+    n_f, n_r = num_examples(forget), num_examples(retain)
+    eta = n_f / n_r if eta is None else eta
+    model.eval()
+    G = exact_ggn(model, retain, objective)
+    theta = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in params])
+    g = _flat_grad(model, forget, objective) + weight_decay * theta
+    A = G + (weight_decay + damping) * torch.eye(P, dtype=torch.float64)
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) != 0:
+        raise RuntimeError(f"newton_step: GGN + damping is not positive definite (increase damping={damping})")
+    step = torch.cholesky_solve(g[:, None], L)[:, 0] * eta
+    with torch.no_grad():
+        off = 0
+        for p in params:
+            k = p.numel()
+            p.add_(step[off:off + k].reshape(p.shape).to(p.dtype))
+            off += k
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# representation projection (MRP-style)
+# ---------------------------------------------------------------------------------------------
+def _mrp_hook(module, inputs, output):
+    basis = module.mrp_basis  # (k, d) orthonormal rows
+    h = output.logits if hasattr(output, "logits") else output
+    return h - (h @ basis.T) @ basis
+
+
+def _hidden_states(model, data, modules, batch_size=256) -> list[Tensor]:
+    store = [[] for _ in modules]
+    hooks = [m.register_forward_hook(lambda mod, inp, out, i=i: store[i].append(out.detach().reshape(-1, out.shape[-1])))
+             for i, m in enumerate(modules)]
+    try:
+        with torch.no_grad():
+            for b in batches(data, batch_size):
+                model(b[0])
+    finally:
+        for h in hooks:
+            h.remove()
+    return [torch.cat(s) for s in store]
+
+
+def _default_layers(model) -> list[str]:
+    if hasattr(model, "unlearn_hidden_layers"):
+        return list(model.unlearn_hidden_layers)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if len(linears) < 2:
+        raise ValueError("representation_projection: pass layers=[module names]; the model has no hidden Linear layer")
+    return linears[:-1]
+
+
+@_method
+def representation_projection(model, forget, retain, objective, gen, *, layers: list[str] | None = None, dim: int = 2,
+                              lr: float = 2e-4, epochs: int = 2, batch_size: int | None = 32, retain_weight: float = 1.2,
+                              retain_var: float = 0.9):
+    """MRP-style representation projection (ChengcanWu/MRP): on each chosen hidden state,
+    h <- h - h Q^T Q with Q the orthonormal rows of [W_prev; W]; W (dim x d) starts from the
+    forget states' principal directions outside the span of the retain states' top principal
+    components (``retain_var`` of their variance) and is trained with the model frozen on
+    -NLL(forget) + retain_weight * NLL(retain) (defaults: dim 2, lr 2e-4, 2 epochs, 1.2).
+    Irreversible; sequential requests accumulate (W_prev = the rows already installed).  The
+    projection lives in a buffer ``mrp_basis`` plus a forward hook on each module, so it
+    survives deepcopy and state_dict round-trips."""
+    names = layers or _default_layers(model)
+    mods = dict(model.named_modules())
+    missing = [n for n in names if n not in mods]
+    if missing:
+        raise ValueError(f"representation_projection: unknown layers {missing}")
+    modules = [mods[n] for n in names]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    hf = _hidden_states(model, forget, modules)
+    hr = _hidden_states(model, retain, modules)
+    Ws, prevs = [], []
+    for m, f_states, r_states in zip(modules, hf, hr):
+        d = f_states.shape[-1]
+        prev = m.mrp_basis.detach() if hasattr(m, "mrp_basis") else torch.zeros(0, d, dtype=f_states.dtype)
+        _, S, Vh = torch.linalg.svd(r_states - r_states.mean(0), full_matrices=False)
+        cum = (S ** 2).cumsum(0) / (S ** 2).sum().clamp_min(1e-30)
+        k = int((cum < retain_var).sum()) + 1
+        R = Vh[:k]
+        fc = f_states - f_states.mean(0)
+        fc = fc - (fc @ R.T) @ R
+        _, _, Vf = torch.linalg.svd(fc, full_matrices=False)
+        W = Vf[:dim].clone().requires_grad_(True)
+        Ws.append(W)
+        prevs.append(prev)
+        if not hasattr(m, "mrp_basis"):
+            m.register_buffer("mrp_basis", torch.zeros(0, d, dtype=f_states.dtype))
+            m.register_forward_hook(_mrp_hook)
+
+    def install():
+        for m, W, prev in zip(modules, Ws, prevs):
+            Q, _ = torch.linalg.qr(torch.cat([prev, W]).T)  # (d, k) orthonormal columns
+            m.mrp_basis = Q.T
+
+    opt = torch.optim.SGD(Ws, lr=lr)
+    r_iter = _cycle(retain, batch_size, gen)
+    for _ in range(epochs):
+        for fb in batches(forget, batch_size, shuffle=True, generator=gen):
+            install()
+            loss = -_mean_loss(objective, model, fb) + retain_weight * _mean_loss(objective, model, next(r_iter))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        install()
+        for m in modules:
+            m.mrp_basis = m.mrp_basis.detach().clone()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+METHODS: dict[str, Callable] = {
+    "finetune": finetune,
+    "gradient_ascent": gradient_ascent,
+    "grad_diff": grad_diff,
+    "npo": npo,
+    "simnpo": simnpo,
+    "ssd": ssd,
+    "l1_sparse": l1_sparse,
+    "prune_then_unlearn": prune_then_unlearn,
+    "iau": iau,
+    "newton_step": newton_step,
+    "representation_projection": representation_projection,
+}

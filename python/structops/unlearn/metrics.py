@@ -1,0 +1,246 @@
+"""Unlearning metrics.  Everything that judges a method compares it with the ensemble of models
+retrained without the forget set (the oracles), never with "forget accuracy = 0".
+
+Per-model quantities (``model``, ``data``, ``objective``): :func:`accuracy`, :func:`margins`,
+:func:`example_losses`, :func:`retain_kl`, :func:`confidence_features`.
+
+Ensemble comparisons (arrays of shape (n_models, n_points)): :func:`klom` (binned, exactly as
+RoyRin/data-unlearning-bench ``compute_binned_KL_div``: values clipped to [-100, 100], 20 bins
+shared over the combined range, eps 1e-5 floor on q where p > 0, scipy's entropy),
+:func:`gaussian_klom` (KL of normal fits, std floor 0.1: stable for few models).
+
+Membership inference: :func:`mia_loss_threshold`, :func:`mia_svc` (Unlearn-Sparse SVC on
+confidence features, C = 3, RBF); both return the share of the forget set called
+*non-member*, to be compared with the oracles' value.
+
+Distribution tests: :func:`ks_forget_quality` (two-sample KS p-value), :func:`auc`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import batches
+from .objectives import Objective, as_objective
+
+__all__ = [
+    "accuracy",
+    "example_accuracy",
+    "margins",
+    "example_losses",
+    "retain_kl",
+    "klom",
+    "binned_kl",
+    "gaussian_klom",
+    "confidence_features",
+    "mia_loss_threshold",
+    "mia_svc",
+    "ks_forget_quality",
+    "auc",
+    "harmonic_mean",
+]
+
+
+@torch.no_grad()
+def _scored(model: nn.Module, data, objective: Objective, batch_size: int = 1024):
+    """(logp (N, C), targets (N,), example (N,)) over all of data, positions concatenated."""
+    model.eval()
+    lps, tg, ex = [], [], []
+    offset = 0
+    for b in batches(data, batch_size):
+        logp, t, e = objective.scored_logprobs(model, b)
+        lps.append(logp)
+        tg.append(t)
+        ex.append(e + offset)
+        offset += int(b[0].shape[0])
+    return torch.cat(lps), torch.cat(tg), torch.cat(ex), offset
+
+
+def accuracy(model: nn.Module, data, objective=None) -> float:
+    """Share of scored targets predicted by argmax (classification: examples; LM: tokens)."""
+    logp, t, _, _ = _scored(model, data, as_objective(objective))
+    return float((logp.argmax(-1) == t).float().mean()) if t.numel() else float("nan")
+
+
+def example_accuracy(model: nn.Module, data, objective=None) -> Tensor:
+    """Per example: 1 if every scored target is the argmax (greedy exact match), else 0."""
+    logp, t, e, n = _scored(model, data, as_objective(objective))
+    wrong = torch.zeros(n).index_add_(0, e, (logp.argmax(-1) != t).float())
+    return (wrong == 0).float()
+
+
+def margins(model: nn.Module, data, objective=None) -> Tensor:
+    """Per-example margin logit_y - logsumexp(logits_{!=y}) (averaged over an example's scored
+    positions), computed from log-probabilities (identical: the normaliser cancels)."""
+    logp, t, e, n = _scored(model, data, as_objective(objective))
+    correct = logp.gather(1, t[:, None])[:, 0]
+    other = logp.scatter(1, t[:, None], float("-inf")).logsumexp(-1)
+    m = correct - other
+    s = torch.zeros(n, dtype=m.dtype).index_add_(0, e, m)
+    c = torch.zeros(n, dtype=m.dtype).index_add_(0, e, torch.ones_like(m))
+    return s / c.clamp_min(1)
+
+
+def example_losses(model: nn.Module, data, objective=None) -> Tensor:
+    """Per-example mean NLL."""
+    objective = as_objective(objective)
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([objective.mean_nll(model, b) for b in batches(data, 1024)])
+
+
+def retain_kl(original: nn.Module, unlearned: nn.Module, data, objective=None) -> float:
+    """Mean over scored positions of KL(p_original || p_unlearned) — how much the unlearning
+    moved the model's outputs where it should not have."""
+    objective = as_objective(objective)
+    a, _, _, _ = _scored(original, data, objective)
+    b, _, _, _ = _scored(unlearned, data, objective)
+    return float((a.exp() * (a - b)).sum(-1).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# KLoM
+# ---------------------------------------------------------------------------------------------
+def binned_kl(p_arr: np.ndarray, q_arr: np.ndarray, bin_count: int = 20, eps: float = 1e-5,
+              min_val: float = -100.0, max_val: float = 100.0) -> float:
+    """D_KL(p || q) of two samples via shared histogram bins — data-unlearning-bench's
+    ``compute_binned_KL_div``, reproduced exactly (np.digitize bins, so a sample equal to the
+    top edge is not counted, as there)."""
+    from scipy import stats
+
+    p_arr = np.clip(np.asarray(p_arr, dtype=np.float64), min_val, max_val)
+    q_arr = np.clip(np.asarray(q_arr, dtype=np.float64), min_val, max_val)
+    start = min(p_arr.min(), q_arr.min())
+    end = max(p_arr.max(), q_arr.max())
+    if start >= end:
+        end = start + 1
+    bins = np.linspace(start, end, bin_count + 1)
+    pi, qi = np.digitize(p_arr, bins), np.digitize(q_arr, bins)
+    pc = np.array([np.sum(pi == i) for i in range(1, bin_count + 1)])
+    qc = np.array([np.sum(qi == i) for i in range(1, bin_count + 1)])
+    pp = pc / pc.sum() if pc.sum() > 0 else np.zeros(bin_count)
+    qp = qc / qc.sum() if qc.sum() > 0 else np.zeros(bin_count)
+    qs = np.where(pp > 0, np.maximum(qp, eps), qp)
+    return float(stats.entropy(pk=pp, qk=qs))
+
+
+def klom(unlearned_margins, oracle_margins) -> np.ndarray:
+    """Per-point KLoM: binned KL(unlearned margins || oracle margins); inputs (n_models, n_points)."""
+    u, o = np.asarray(unlearned_margins), np.asarray(oracle_margins)
+    if u.ndim != 2 or o.ndim != 2 or u.shape[1] != o.shape[1]:
+        raise ValueError(f"klom needs (n_models, n_points) arrays with equal n_points, got {u.shape} and {o.shape}")
+    return np.array([binned_kl(u[:, i], o[:, i]) for i in range(u.shape[1])])
+
+
+def gaussian_klom(unlearned_margins, oracle_margins, std_floor: float = 0.1) -> np.ndarray:
+    """Per-point KL(N(mu_u, s_u^2) || N(mu_o, s_o^2)) of normal fits to the margin samples, std
+    floored at ``std_floor``: a low-variance KLoM for few models."""
+    u, o = np.asarray(unlearned_margins, dtype=np.float64), np.asarray(oracle_margins, dtype=np.float64)
+    if u.shape[1] != o.shape[1]:
+        raise ValueError(f"gaussian_klom needs equal n_points, got {u.shape} and {o.shape}")
+    mu_u, mu_o = u.mean(0), o.mean(0)
+    su = np.maximum(u.std(0, ddof=1) if u.shape[0] > 1 else np.zeros(u.shape[1]), std_floor)
+    so = np.maximum(o.std(0, ddof=1) if o.shape[0] > 1 else np.zeros(o.shape[1]), std_floor)
+    return np.log(so / su) + (su ** 2 + (mu_u - mu_o) ** 2) / (2 * so ** 2) - 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# membership inference
+# ---------------------------------------------------------------------------------------------
+def confidence_features(model: nn.Module, data, objective=None) -> dict[str, Tensor]:
+    """Per-example features of Unlearn-Sparse's SVC MIA: correctness, confidence p_y, entropy,
+    modified entropy (Song & Mittal 2021); averaged over positions for LMs."""
+    logp, t, e, n = _scored(model, data, as_objective(objective))
+    p = logp.exp()
+    py = p.gather(1, t[:, None])[:, 0]
+    ent = -(p * logp).sum(-1)
+    log_1m = torch.log((1 - p).clamp_min(1e-30))
+    m_ent = -(1 - py) * logp.gather(1, t[:, None])[:, 0] - (p * log_1m).sum(-1) + py * log_1m.gather(1, t[:, None])[:, 0]
+    feats = {"correctness": (logp.argmax(-1) == t).float(), "confidence": py, "entropy": ent, "m_entropy": m_ent}
+    cnt = torch.zeros(n).index_add_(0, e, torch.ones_like(py))
+    return {k: torch.zeros(n).index_add_(0, e, v.float()) / cnt.clamp_min(1) for k, v in feats.items()}
+
+
+def _best_threshold(member: np.ndarray, nonmember: np.ndarray) -> tuple[float, bool]:
+    """Threshold on a score maximising balanced accuracy; returns (threshold, higher_is_member)."""
+    vals = np.unique(np.concatenate([member, nonmember]))
+    best = (-1.0, 0.0, True)
+    for higher in (True, False):
+        for thr in vals:
+            tpr = np.mean(member >= thr) if higher else np.mean(member <= thr)
+            tnr = np.mean(nonmember < thr) if higher else np.mean(nonmember > thr)
+            acc = 0.5 * (tpr + tnr)
+            if acc > best[0]:
+                best = (acc, float(thr), higher)
+    return best[1], best[2]
+
+
+def mia_loss_threshold(model: nn.Module, forget, retain, test, objective=None) -> float:
+    """Loss-threshold MIA calibrated on retain (members) vs test (non-members): the share of the
+    forget set whose loss falls on the non-member side.  Compare with the oracles' value."""
+    lr = -example_losses(model, retain, objective).numpy()
+    lt = -example_losses(model, test, objective).numpy()
+    lf = -example_losses(model, forget, objective).numpy()
+    thr, higher = _best_threshold(lr, lt)
+    member = lf >= thr if higher else lf <= thr
+    return float(1 - member.mean())
+
+
+def mia_svc(model: nn.Module, forget, retain, test, objective=None, feature: str = "confidence",
+            max_shadow: int = 2000, seed: int = 0) -> float:
+    """Unlearn-Sparse ``SVC_MIA`` (efficacy form): an SVC (C=3, RBF) trained on one confidence
+    feature of retain examples (members) vs test examples (non-members), balanced to equal
+    counts; returns the share of the forget set predicted non-member."""
+    from sklearn.svm import SVC
+
+    fr = confidence_features(model, retain, objective)[feature].numpy()
+    ft = confidence_features(model, test, objective)[feature].numpy()
+    ff = confidence_features(model, forget, objective)[feature].numpy()
+    rng = np.random.default_rng(seed)
+    k = min(len(fr), len(ft), max_shadow)
+    fr, ft = rng.choice(fr, k, replace=False), rng.choice(ft, k, replace=False)
+    X = np.concatenate([fr, ft])[:, None]
+    y = np.concatenate([np.ones(k), np.zeros(k)])
+    clf = SVC(C=3, gamma="auto", kernel="rbf").fit(X, y)
+    return float(1 - clf.predict(ff[:, None]).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# distribution comparisons
+# ---------------------------------------------------------------------------------------------
+def ks_forget_quality(values, reference) -> float:
+    """Two-sample Kolmogorov-Smirnov p-value (TOFU's forget quality: 1 = indistinguishable)."""
+    from scipy import stats
+
+    return float(stats.ks_2samp(np.asarray(values), np.asarray(reference)).pvalue)
+
+
+def auc(scores_pos, scores_neg) -> float:
+    """Area under the ROC curve of scores (positives should score higher); ties count 1/2."""
+    a, b = np.asarray(scores_pos, dtype=np.float64), np.asarray(scores_neg, dtype=np.float64)
+    if len(a) == 0 or len(b) == 0:
+        return float("nan")
+    allv = np.concatenate([a, b])
+    order = allv.argsort(kind="mergesort")
+    ranks = np.empty(len(allv))
+    sv = allv[order]
+    i = 0
+    while i < len(sv):  # average ranks over ties
+        j = i
+        while j + 1 < len(sv) and sv[j + 1] == sv[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1
+        i = j + 1
+    return float((ranks[: len(a)].sum() - len(a) * (len(a) + 1) / 2) / (len(a) * len(b)))
+
+
+def harmonic_mean(values) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    if np.any(v <= 0):
+        return 0.0
+    return float(len(v) / np.sum(1.0 / v))

@@ -1,0 +1,132 @@
+"""Loss functions ("objectives") the unlearning methods and metrics share.
+
+An objective turns a model and a batch into per-example quantities:
+
+* ``nll(model, batch) -> (nll_sum (B,), n_scored (B,))`` — summed negative log-likelihood of the
+  scored targets of each example and how many targets were scored;
+* ``scored_logprobs(model, batch) -> (logp (N, C), targets (N,), example (N,))`` — log-softmax at
+  every scored position, the target there and which example it belongs to (KL terms, margins,
+  Min-K%).
+
+Two objectives are provided:
+
+* :class:`Classification` — batch ``(x, y)``, ``model(x)`` gives logits ``(B, C)``; one scored
+  target per example.
+* :class:`CausalLM` — batch ``(input_ids, labels)`` of shape ``(B, T)``; ``model(input_ids)``
+  gives logits ``(B, T, V)`` (or an object with ``.logits``); ``labels[b, t]`` is the target
+  *for position t* (already shifted), ``ignore_index`` (default -100) masks positions out, so a
+  prompt/answer split is just a label mask.
+
+Any callable ``loss_fn(model, batch) -> per-example loss (B,)`` can be passed where an objective
+is expected; it is wrapped by :func:`as_objective` (methods that need distributions — KL
+retain terms, NPO references, margins — then raise a clear error).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Objective", "Classification", "CausalLM", "as_objective", "LossFnObjective"]
+
+
+def _logits(out) -> Tensor:
+    return out.logits if hasattr(out, "logits") else out
+
+
+class Objective:
+    """Base class; see the module docstring."""
+
+    def nll(self, model: nn.Module, batch) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def scored_logprobs(self, model: nn.Module, batch) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def mean_nll(self, model: nn.Module, batch) -> Tensor:
+        """Per-example NLL averaged over its scored targets, (B,)."""
+        s, n = self.nll(model, batch)
+        return s / n.clamp_min(1)
+
+    def num_outputs(self, model: nn.Module, batch) -> int:
+        logp, _, _ = self.scored_logprobs(model, batch)
+        return logp.shape[-1]
+
+    def targets(self, batch) -> Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+class Classification(Objective):
+    """Cross-entropy of ``model(x)`` (B, C) against integer labels ``y`` (B,)."""
+
+    def nll(self, model, batch):
+        x, y = batch[0], batch[1]
+        logits = _logits(model(x))
+        loss = F.cross_entropy(logits, y, reduction="none")
+        return loss, torch.ones_like(loss)
+
+    def scored_logprobs(self, model, batch):
+        x, y = batch[0], batch[1]
+        logp = F.log_softmax(_logits(model(x)).float(), dim=-1)
+        return logp, y, torch.arange(y.shape[0], device=y.device)
+
+    def targets(self, batch):
+        return batch[1]
+
+
+class CausalLM(Objective):
+    """Token-level cross-entropy of a causal LM; ``labels`` already aligned with the logits'
+    positions, ``ignore_index`` positions are not scored (prompt, padding)."""
+
+    def __init__(self, ignore_index: int = -100):
+        self.ignore_index = ignore_index
+
+    def nll(self, model, batch):
+        ids, labels = batch[0], batch[1]
+        logits = _logits(model(ids))
+        mask = labels != self.ignore_index
+        tok = F.cross_entropy(logits.transpose(1, 2), labels.masked_fill(~mask, 0), reduction="none")
+        tok = tok * mask
+        return tok.sum(1), mask.sum(1).to(tok.dtype)
+
+    def scored_logprobs(self, model, batch):
+        ids, labels = batch[0], batch[1]
+        logits = _logits(model(ids))
+        mask = labels != self.ignore_index
+        logp = F.log_softmax(logits[mask].float(), dim=-1)
+        example = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(labels)[mask]
+        return logp, labels[mask], example
+
+    def targets(self, batch):
+        labels = batch[1]
+        return labels[labels != self.ignore_index]
+
+
+class LossFnObjective(Objective):
+    """Wraps ``loss_fn(model, batch) -> per-example loss``; no distributions available."""
+
+    def __init__(self, loss_fn: Callable):
+        self.loss_fn = loss_fn
+
+    def nll(self, model, batch):
+        loss = self.loss_fn(model, batch)
+        if loss.dim() != 1:
+            raise ValueError(f"loss_fn must return per-example losses of shape (B,), got {tuple(loss.shape)}")
+        return loss, torch.ones_like(loss)
+
+    def scored_logprobs(self, model, batch):
+        raise ValueError("this method or metric needs output distributions: pass an Objective "
+                         "(structops.unlearn.Classification() or CausalLM()) instead of a plain loss_fn")
+
+
+def as_objective(obj) -> Objective:
+    if obj is None:
+        return Classification()
+    if isinstance(obj, Objective):
+        return obj
+    if callable(obj):
+        return LossFnObjective(obj)
+    raise TypeError(f"objective must be an Objective or a callable loss_fn(model, batch), got {type(obj).__name__}")

@@ -1,0 +1,323 @@
+"""The evaluation protocol: every method against the ensemble of retrained models.
+
+For one track and scenario:
+
+1. **Models.**  N originals (trained on forget + retain, seeds 0..N-1) and 2N oracles (trained
+   on retain only, seeds 10000..10000+2N-1), cached on disk by a hash of their training data,
+   so re-running an evaluation never retrains them.  Oracles N..2N-1 form the *reference
+   ensemble*; oracles 0..N-1 are the "oracle" arm, scored against the reference exactly like a
+   method: its distance is the floor any method can reach (oracle-vs-oracle).
+2. **Tuning.**  On the tuning forget set (split 0) every method tries each configuration of its
+   grid (the same budget for every method) on ``tune_seeds`` originals; the configuration with the
+   lowest median Gaussian KLoM on the forget set plus median Gaussian KLoM on the test set (close
+   to the oracles where it should change and where it should not) is kept.
+3. **Report.**  On fresh forget sets (splits 1, 2, ...) the chosen configuration runs on all N
+   originals; everything is measured against the reference oracles, including the robustness
+   probes (int8/int4 quantisation, relearning), for which the oracles get the same treatment.
+
+Work runs in a process pool (``workers``), one model per task, results are deterministic given
+the seeds whatever the order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import metrics
+from .methods import METHODS
+from .tracks.base import Setup, Track
+
+__all__ = ["ProtocolConfig", "run_protocol", "default_cache_dir", "aggregate", "ensure_models"]
+
+ORACLE_SEED0 = 10000
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("STRUCTOPS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "structops"))
+
+
+@dataclass
+class ProtocolConfig:
+    seeds: int = 8
+    tune_seeds: int = 4
+    fresh_splits: tuple = (1,)
+    methods: tuple = tuple(METHODS)
+    workers: int = max(1, (os.cpu_count() or 1))
+    cache_dir: str = field(default_factory=default_cache_dir)
+    probes: bool = True
+    progress: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# model cache
+# ---------------------------------------------------------------------------------------------
+def _data_hash(data: tuple) -> str:
+    h = hashlib.sha1()
+    for t in data:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _model_path(cache_dir: str, track: Track, kind: str, data: tuple, seed: int) -> str:
+    return os.path.join(cache_dir, f"track{track.name}", f"{kind}-{_data_hash(data)}-seed{seed}.pt")
+
+
+def _load(track: Track, path: str):
+    m = track.new_model()
+    m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    m.eval()
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# worker side
+# ---------------------------------------------------------------------------------------------
+_WORKER = {}
+
+
+def _init_worker(track: Track):
+    torch.set_num_threads(1)
+    _WORKER["track"] = track
+    _WORKER["setups"] = {}
+
+
+def _setup(track: Track, scenario: str, split: int) -> Setup:
+    cache = _WORKER.setdefault("setups", {})
+    key = (scenario, split)
+    if key not in cache:
+        cache[key] = track.setup(scenario, split)
+    return cache[key]
+
+
+def _train_job(args):
+    track = _WORKER.get("track") or args["track"]
+    s = _setup(track, args["scenario"], args["split"])
+    data = s.train if args["kind"] == "original" else s.retain
+    path = args["path"]
+    if os.path.exists(path):
+        return path, 0.0
+    t0 = time.perf_counter()
+    model = track.train(data, args["seed"])
+    seconds = time.perf_counter() - t0
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    with open(path + ".json", "w") as f:
+        json.dump({"kind": args["kind"], "seed": args["seed"], "train_seconds": seconds,
+                   "scenario": args["scenario"], "split": args["split"]}, f)
+    return path, seconds
+
+
+def _eval_job(args):
+    """Apply one method (or none) to one model and measure it."""
+    track = _WORKER.get("track") or args["track"]
+    s = _setup(track, args["scenario"], args["split"])
+    base = _load(track, args["path"])
+    original = base if args["arm"] not in ("oracle",) else None
+    seconds = 0.0
+    model = base
+    if args["method"] is not None:
+        fn = METHODS[args["method"]]
+        t0 = time.perf_counter()
+        model = fn(base, s.forget, s.retain, objective=track.objective, seed=args["seed"], check=False,
+                   **args["config"])
+        seconds = time.perf_counter() - t0
+    out = track.evaluate(model, s, original=original if args["method"] is not None else None,
+                         probes=args["probes"])
+    out["seconds"] = seconds
+    return args["tag"], out
+
+
+def _pool(track: Track, workers: int):
+    if workers <= 1:
+        _init_worker(track)
+        return None
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                  initargs=(track,))
+
+
+def _map(pool, fn, jobs, progress_label=None, progress=True):
+    bar = None
+    if progress and progress_label:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(jobs), desc=progress_label, leave=False, dynamic_ncols=True)
+        except ImportError:  # tqdm is optional: plain progress lines instead
+            print(f"[{progress_label}] {len(jobs)} jobs", flush=True)
+    results = []
+    if pool is None:
+        for j in jobs:
+            results.append(fn(j))
+            if bar:
+                bar.update(1)
+    else:
+        futs = [pool.submit(fn, j) for j in jobs]
+        for f in cf.as_completed(futs):
+            results.append(f.result())
+            if bar:
+                bar.update(1)
+    if bar:
+        bar.close()
+    return results
+
+
+def ensure_models(track: Track, scenario: str, splits, n: int, cfg: ProtocolConfig, pool) -> dict:
+    """Trains (or finds in the cache) originals and 2n oracles for each split; returns paths."""
+    paths, jobs = {}, []
+    for split in splits:
+        s = track.setup(scenario, split)
+        for kind, data, seeds in (("original", s.train, range(n)), ("oracle", s.retain, range(ORACLE_SEED0, ORACLE_SEED0 + 2 * n))):
+            for seed in seeds:
+                p = _model_path(cfg.cache_dir, track, kind, data, seed)
+                paths[(split, kind, seed)] = p
+                if not os.path.exists(p):
+                    jobs.append(dict(track=track, scenario=scenario, split=split, kind=kind, seed=seed, path=p))
+    unique = {j["path"]: j for j in jobs}
+    if unique:
+        _map(pool, _train_job, list(unique.values()), f"training {len(unique)} models", cfg.progress)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# aggregation
+# ---------------------------------------------------------------------------------------------
+def _stack(results: list, key: str):
+    return np.stack([r[key] for r in results])
+
+
+def aggregate(arm: list[dict], reference: list[dict]) -> dict:
+    """Summary of one arm (list of per-model measurements) against the reference oracles."""
+    out = {}
+    scalar_keys = [k for k, v in arm[0].items() if np.isscalar(v) or isinstance(v, (float, int))]
+    for k in scalar_keys:
+        vals = np.array([r[k] for r in arm], dtype=np.float64)
+        out[k] = float(vals.mean())
+        out[k + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        if k in reference[0] and k not in ("seconds", "retain_kl"):
+            out[k + "_oracle"] = float(np.mean([r[k] for r in reference]))
+            out[k + "_gap"] = abs(out[k] - out[k + "_oracle"])
+    for k in [k for k, v in arm[0].items() if k.startswith("margins_") or k.endswith("_margins_forget")]:
+        ref_key = k if k in reference[0] else None
+        if ref_key is None:
+            continue
+        u, o = _stack(arm, k), _stack(reference, ref_key)
+        g = metrics.gaussian_klom(u, o)
+        out[f"gklom_{k.replace('margins_', '')}_p50"] = float(np.median(g))
+        out[f"gklom_{k.replace('margins_', '')}_p95"] = float(np.percentile(g, 95))
+        kb = metrics.klom(u, o)
+        out[f"klom_{k.replace('margins_', '')}_p50"] = float(np.median(kb))
+        out[f"klom_{k.replace('margins_', '')}_p95"] = float(np.percentile(kb, 95))
+    if "relearn_acc_forget" in arm[0] and "relearn_acc_forget" in reference[0]:
+        u, o = _stack(arm, "relearn_acc_forget").mean(0), _stack(reference, "relearn_acc_forget").mean(0)
+        out["relearn_curve"] = u.tolist()
+        out["relearn_curve_oracle"] = o.tolist()
+        out["relearn_gap"] = float(np.mean(np.abs(u - o)))
+    return out
+
+
+def _score(summary: dict) -> float:
+    return summary.get("gklom_forget_p50", np.inf) + summary.get("gklom_test_p50", np.inf)
+
+
+# ---------------------------------------------------------------------------------------------
+# the protocol
+# ---------------------------------------------------------------------------------------------
+def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
+    for m in cfg.methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
+    if scenario not in track.scenarios:
+        raise ValueError(f"track {track.name} has scenarios {track.scenarios}, got {scenario!r}")
+    n = cfg.seeds
+    tune_n = max(1, min(cfg.tune_seeds, n))
+    splits = (0, *cfg.fresh_splits)
+    started = time.perf_counter()
+    pool = _pool(track, cfg.workers)
+    try:
+        paths = ensure_models(track, scenario, splits, n, cfg, pool)
+        t_models = time.perf_counter() - started
+
+        def jobs_for(split, arm, method, config, seeds, probes):
+            out = []
+            for i, seed in enumerate(seeds):
+                kind = "oracle" if arm == "oracle" or arm == "reference" else "original"
+                out.append(dict(track=track, scenario=scenario, split=split, arm=arm, method=method,
+                                config=config or {}, seed=i, path=paths[(split, kind, seed)], probes=probes,
+                                tag=(split, arm, method, json.dumps(config or {}, sort_keys=True), i)))
+            return out
+
+        orig_seeds = list(range(n))
+        ref_seeds = list(range(ORACLE_SEED0 + n, ORACLE_SEED0 + 2 * n))
+        arm_oracle_seeds = list(range(ORACLE_SEED0, ORACLE_SEED0 + n))
+
+        # ---- tuning on split 0
+        tune_jobs = jobs_for(0, "reference", None, None, ref_seeds, False)
+        for m in cfg.methods:
+            for c in track.grid(m):
+                tune_jobs += jobs_for(0, "method", m, c, orig_seeds[:tune_n], False)
+        res = dict(_map(pool, _eval_job, tune_jobs, f"tuning {len(cfg.methods)} methods", cfg.progress))
+        ref0 = [res[k] for k in sorted(k for k in res if k[1] == "reference")]
+        tuning, chosen = {}, {}
+        for m in cfg.methods:
+            tuning[m] = []
+            for c in track.grid(m):
+                key = json.dumps(c, sort_keys=True)
+                arm = [res[(0, "method", m, key, i)] for i in range(tune_n)]
+                summ = aggregate(arm, ref0)
+                tuning[m].append({"config": c, "score": _score(summ), "summary": _compact(summ)})
+            best = min(tuning[m], key=lambda r: r["score"])
+            chosen[m] = best["config"]
+        t_tune = time.perf_counter() - started - t_models
+
+        # ---- report on fresh splits
+        report = {}
+        for split in cfg.fresh_splits:
+            jobs = jobs_for(split, "reference", None, None, ref_seeds, cfg.probes)
+            jobs += jobs_for(split, "oracle", None, None, arm_oracle_seeds, cfg.probes)
+            jobs += jobs_for(split, "original", None, None, orig_seeds, cfg.probes)
+            for m in cfg.methods:
+                jobs += jobs_for(split, "method", m, chosen[m], orig_seeds, cfg.probes)
+            res = dict(_map(pool, _eval_job, jobs, f"report split {split}", cfg.progress))
+            ref = [res[k] for k in sorted(k for k in res if k[0] == split and k[1] == "reference")]
+            arms = {"oracle": [res[k] for k in sorted(k for k in res if k[1] == "oracle")],
+                    "original": [res[k] for k in sorted(k for k in res if k[1] == "original")]}
+            for m in cfg.methods:
+                key = json.dumps(chosen[m], sort_keys=True)
+                arms[m] = [res[(split, "method", m, key, i)] for i in range(n)]
+            report[split] = {name: aggregate(a, ref) for name, a in arms.items()}
+            s = track.setup(scenario, split)
+            report[split]["_sizes"] = {"forget": int(s.forget[0].shape[0]), "retain": int(s.retain[0].shape[0]),
+                                       "test": int(s.test[0].shape[0])}
+        t_report = time.perf_counter() - started - t_models - t_tune
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return {
+        "track": track.name,
+        "scenario": scenario,
+        "seeds": n,
+        "tune_seeds": tune_n,
+        "methods": list(cfg.methods),
+        "chosen": chosen,
+        "tuning": tuning,
+        "report": {str(k): v for k, v in report.items()},
+        "timing": {"models_s": t_models, "tuning_s": t_tune, "report_s": t_report,
+                   "total_s": time.perf_counter() - started},
+    }
+
+
+def _compact(summary: dict) -> dict:
+    keep = ("acc_forget", "acc_retain", "acc_test", "gklom_forget_p50", "gklom_test_p50", "retain_kl", "seconds")
+    return {k: summary[k] for k in keep if k in summary}

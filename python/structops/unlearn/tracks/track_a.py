@@ -1,0 +1,170 @@
+"""Track A: an MLP classifier on scikit-learn's bundled handwritten digits (offline).
+
+* Data: ``sklearn.datasets.load_digits`` (1,797 x 64, pixel values / 16), stratified 67/33
+  train/test split (seed 0): 1,203 train, 594 test.
+* Model: MLP 64-32-10 with tanh (2,410 parameters), trained full-batch with L-BFGS (strong
+  Wolfe line search) on mean cross-entropy + 1e-4/2 ||theta||^2 to convergence; deterministic
+  given the seed.
+* Scenarios (split_seed 0 is the tuning forget set, 1, 2, ... fresh ones):
+  - ``random``: a random 10% of the training set;
+  - ``class``: every training example of one digit (3 for tuning, then 8, 5, 1, ...);
+  - ``mislabel``: 60 training examples whose labels are corrupted to another class; the
+    original memorises them, a model retrained without them predicts the true class — the most
+    discriminative scenario (forget accuracy is measured against the corrupted labels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import metrics
+from ..objectives import Classification
+from ..probes import quantize_rtn, relearn
+from .base import Setup, Track
+
+__all__ = ["DigitsMLP", "TrackA", "load_digits_split"]
+
+L2 = 1e-4
+CLASS_ORDER = (3, 8, 5, 1, 7, 2, 9, 4, 6, 0)
+
+
+class DigitsMLP(nn.Module):
+    """64-32-10 tanh MLP; ``act`` is the hidden representation (representation_projection)."""
+
+    unlearn_hidden_layers = ("act",)
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 32)
+        self.act = nn.Tanh()
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def load_digits_split():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    X = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target, dtype=torch.long)
+    idx = np.arange(len(y))
+    tr, te = train_test_split(idx, test_size=0.33, stratify=d.target, random_state=0)
+    return (X[tr], y[tr]), (X[te], y[te])
+
+
+def train_lbfgs(model: nn.Module, data: tuple, l2: float = L2, max_iter: int = 1500) -> nn.Module:
+    x, y = data
+    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=max_iter, history_size=50,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y) + 0.5 * l2 * sum((p ** 2).sum() for p in model.parameters())
+        loss.backward()
+        return loss
+
+    model.train()
+    opt.step(closure)
+    model.eval()
+    return model
+
+
+class TrackA(Track):
+    name = "A"
+    scenarios = ("random", "class", "mislabel")
+    objective = Classification()
+
+    def __init__(self, n_mislabel: int = 60, random_fraction: float = 0.1):
+        self.n_mislabel = n_mislabel
+        self.random_fraction = random_fraction
+        self._data = None
+
+    def _base(self):
+        if self._data is None:
+            self._data = load_digits_split()
+        return self._data
+
+    def setup(self, scenario: str, split_seed: int) -> Setup:
+        (x, y), test = self._base()
+        n = len(y)
+        rng = np.random.default_rng(1000 + split_seed)
+        y_train = y.clone()
+        if scenario == "random":
+            forget_idx = np.sort(rng.choice(n, int(round(self.random_fraction * n)), replace=False))
+        elif scenario == "class":
+            c = CLASS_ORDER[split_seed % len(CLASS_ORDER)]
+            forget_idx = np.nonzero(y.numpy() == c)[0]
+        elif scenario == "mislabel":
+            forget_idx = np.sort(rng.choice(n, self.n_mislabel, replace=False))
+            shift = torch.tensor(rng.integers(1, 10, size=len(forget_idx)))
+            y_train[forget_idx] = (y[forget_idx] + shift) % 10  # a different class
+        else:
+            raise ValueError(f"Track A scenario must be one of {self.scenarios}, got {scenario!r}")
+        mask = np.ones(n, dtype=bool)
+        mask[forget_idx] = False
+        fi, ri = torch.tensor(forget_idx), torch.tensor(np.nonzero(mask)[0])
+        train = (x, y_train)
+        extra = {"forget_true_labels": (x[fi], y[fi])}
+        return Setup(scenario, split_seed, train, (x[fi], y_train[fi]), (x[ri], y_train[ri]), test, extra,
+                     key=f"A-{scenario}-{split_seed}")
+
+    def new_model(self):
+        return DigitsMLP()
+
+    def train(self, data: tuple, seed: int):
+        torch.manual_seed(seed)
+        return train_lbfgs(DigitsMLP(), data)
+
+    # --- measurements ------------------------------------------------------------------------
+    def evaluate(self, model, setup: Setup, original=None, probes: bool = False, oracle_like=None) -> dict:
+        obj = self.objective
+        out = {
+            "acc_forget": metrics.accuracy(model, setup.forget, obj),
+            "acc_retain": metrics.accuracy(model, setup.retain, obj),
+            "acc_test": metrics.accuracy(model, setup.test, obj),
+            "margins_forget": metrics.margins(model, setup.forget, obj).numpy(),
+            "margins_retain": metrics.margins(model, setup.retain, obj).numpy(),
+            "margins_test": metrics.margins(model, setup.test, obj).numpy(),
+            "mia_loss": metrics.mia_loss_threshold(model, setup.forget, setup.retain, setup.test, obj),
+            "mia_svc": metrics.mia_svc(model, setup.forget, setup.retain, setup.test, obj),
+        }
+        if setup.scenario == "mislabel":
+            out["acc_forget_true_label"] = metrics.accuracy(model, setup.extra["forget_true_labels"], obj)
+        if original is not None:
+            out["retain_kl"] = metrics.retain_kl(original, model, setup.retain, obj)
+        if probes:
+            for bits in (8, 4):
+                q = quantize_rtn(model, bits)
+                out[f"int{bits}_acc_forget"] = metrics.accuracy(q, setup.forget, obj)
+                out[f"int{bits}_margins_forget"] = metrics.margins(q, setup.forget, obj).numpy()
+            out["relearn_acc_forget"] = np.array(relearn(
+                model, setup.forget, lambda m: metrics.accuracy(m, setup.forget, obj), fraction=0.1, steps=10,
+                lr=0.1, objective=obj, seed=setup.split_seed))
+        return out
+
+    # --- tuning budget: 6 configurations per method --------------------------------------------
+    def grid(self, method: str) -> list[dict]:
+        first_order = dict(optimizer="adam", batch_size=64)
+        grids = {
+            "finetune": [dict(lr=lr, epochs=e, optimizer="sgd", batch_size=128) for lr in (0.01, 0.1, 0.3) for e in (5, 20)],
+            "gradient_ascent": [dict(lr=lr, epochs=5, **first_order) for lr in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)],
+            "grad_diff": [dict(lr=lr, epochs=10, retain_loss=rl, **first_order) for lr in (1e-3, 1e-2, 3e-2)
+                          for rl in ("nll", "kl")],
+            "npo": [dict(lr=lr, epochs=e, beta=0.1, **first_order) for lr in (1e-3, 1e-2, 3e-2) for e in (5, 20)],
+            "simnpo": [dict(lr=lr, epochs=e, beta=4.5, **first_order) for lr in (1e-3, 1e-2, 3e-2) for e in (5, 20)],
+            "ssd": [dict(alpha=a, lam=lam) for a, lam in ((10, 1), (5, 1), (50, 1), (100, 1), (10, 0.1), (50, 0.1))],
+            "l1_sparse": [dict(alpha=a, lr=lr, epochs=10) for a in (1e-4, 5e-4, 2e-3) for lr in (0.01, 0.1)],
+            "prune_then_unlearn": [dict(sparsity=s, unlearner="finetune", unlearner_kwargs=dict(lr=lr, epochs=10))
+                                   for s in (0.5, 0.8, 0.95) for lr in (0.01, 0.1)],
+            "iau": [dict(lr=lr) for lr in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)],
+            "newton_step": [dict(damping=dmp, weight_decay=wd) for dmp in (1e-4, 1e-3, 1e-2) for wd in (0.0, L2)],
+            "representation_projection": [dict(dim=k, lr=lr, epochs=5) for k in (2, 4, 8) for lr in (2e-4, 2e-2)],
+        }
+        if method not in grids:
+            raise ValueError(f"Track A has no grid for method {method!r}")
+        return grids[method]
