@@ -1,0 +1,279 @@
+"""Track B: a tiny causal transformer that memorises synthetic fictitious-author facts (TOFU-like).
+
+* Data: :mod:`.synthetic_facts` — 200 authors x 10 attributes x 2 paraphrase templates, 60 world
+  facts, 2-digit addition (held-out pairs measure the general skill), 50 never-trained
+  authors for membership inference.  Token-level loss on the answer tokens only.
+* Model: :class:`.tiny_lm.TinyLM` (d = 80, 2 layers, 4 heads: ~225k parameters), AdamW
+  (lr 3e-3, weight decay 0.01, batch 256), trained until every training answer token is
+  predicted (checked every 5 epochs, at most 80 epochs); deterministic given the seed.
+* Scenarios: ``forget01`` / ``forget05`` / ``forget10`` = 1% / 5% / 10% of the authors (2 / 10 /
+  20 authors, all their questions in both templates); split_seed picks which authors.
+
+Metrics (open-unlearning's, computed locally; "forget" = the forget authors' questions):
+accuracy (greedy exact match of the answer, template A), truth ratio on the paraphrased
+template (B) with 4 perturbed answers from the same attribute vocabulary (forget aggregate
+mean(min(R, 1/R)), retain aggregate mean(max(0, 1 - R))), forget quality = KS p-value of the
+forget truth ratios against the reference oracles', model utility = harmonic mean of
+{answer probability, accuracy, truth-ratio aggregate} x {retain authors, world facts, held-out
+addition}, extraction strength, exact memorisation, Min-K% (k = 40%) MIA AUC (forget vs
+never-trained authors, over the answer tokens: the only trained positions) and privleak relative
+to the oracles, margins for Gaussian KLoM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import metrics
+from ..objectives import CausalLM
+from ..probes import quantize_rtn, relearn
+from .base import Setup, Track
+from .synthetic_facts import IGNORE, make_facts
+from .tiny_lm import TinyLM
+
+__all__ = ["TrackB"]
+
+FRACTIONS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
+
+
+def _replace_answer(ids: torch.Tensor, labels: torch.Tensor, answers: list) -> tuple:
+    """Rows with their answer tokens replaced by `answers[i]` (same lengths)."""
+    ids, labels = ids.clone(), labels.clone()
+    for i, ans in enumerate(answers):
+        pos = torch.nonzero(labels[i] != IGNORE)[:, 0]
+        for j, t in enumerate(pos.tolist()):
+            ids[i, t + 1] = ans[j]
+            labels[i, t] = ans[j]
+    return ids, labels
+
+
+@torch.no_grad()
+def _answer_stats(model, ids, labels):
+    """Per row: mean answer-token log-prob, teacher-forced token correctness (list), margins."""
+    model.eval()
+    logp = torch.log_softmax(model(ids).float(), -1)
+    mask = labels != IGNORE
+    tgt = labels.masked_fill(~mask, 0)
+    lp = logp.gather(-1, tgt[..., None])[..., 0]
+    other = logp.scatter(-1, tgt[..., None], float("-inf")).logsumexp(-1)
+    correct = (logp.argmax(-1) == tgt) & mask
+    n = mask.sum(1).clamp_min(1)
+    mean_lp = (lp * mask).sum(1) / n
+    margin = ((lp - other) * mask).sum(1) / n
+    return mean_lp, correct, mask, margin
+
+
+def _exact_match(model, ids, labels) -> float:
+    """Share of questions whose whole answer is the greedy (argmax) prediction."""
+    _, correct, mask, _ = _answer_stats(model, ids, labels)
+    return float((correct.sum(1) == mask.sum(1)).float().mean())
+
+
+def _truth_ratios(model, ids, labels, perturbed: list) -> np.ndarray:
+    """R = mean_pert P(pert)^(1/|a|) / P(correct)^(1/|a|) per question."""
+    base, _, _, _ = _answer_stats(model, ids, labels)
+    k = len(perturbed[0])
+    pert_lp = []
+    for j in range(k):
+        pi, pl = _replace_answer(ids, labels, [p[j] for p in perturbed])
+        lp, _, _, _ = _answer_stats(model, pi, pl)
+        pert_lp.append(lp)
+    pert = torch.stack(pert_lp).exp().mean(0)
+    return (pert / base.exp()).numpy()
+
+
+@torch.no_grad()
+def _mink(model, ids, labels, frac: float = 0.4) -> np.ndarray:
+    """Min-K% score per sequence: mean of the lowest ``frac`` of its scored (answer) token
+    log-probs — the only positions the model is trained on, so the prompt tokens carry no
+    membership signal here."""
+    model.eval()
+    logp = torch.log_softmax(model(ids).float(), -1)
+    mask = labels != IGNORE
+    lp = logp.gather(-1, labels.masked_fill(~mask, 0)[..., None])[..., 0]
+    out = []
+    for i in range(ids.shape[0]):
+        v = torch.sort(lp[i][mask[i]]).values
+        k = max(1, int(round(frac * v.numel())))
+        out.append(float(v[:k].mean()))
+    return np.array(out)
+
+
+class TrackB(Track):
+    name = "B"
+    scenarios = tuple(FRACTIONS)
+    objective = CausalLM()
+    supported_methods = ("finetune", "gradient_ascent", "grad_diff", "npo", "simnpo", "ssd", "l1_sparse",
+                         "prune_then_unlearn", "iau", "representation_projection")
+
+    def __init__(self, d: int = 80, max_epochs: int = 80, utility_subset: int = 200):
+        self.d = d
+        self.max_epochs = max_epochs
+        self.utility_subset = utility_subset
+        self._facts = None
+
+    @property
+    def facts(self):
+        if self._facts is None:
+            self._facts = make_facts(0)
+        return self._facts
+
+    def setup(self, scenario: str, split_seed: int) -> Setup:
+        if scenario not in FRACTIONS:
+            raise ValueError(f"Track B scenario must be one of {self.scenarios}, got {scenario!r}")
+        fd = self.facts
+        rng = np.random.default_rng(2000 + split_seed)
+        n_forget = max(1, int(round(FRACTIONS[scenario] * fd.n_authors)))
+        forget_authors = np.sort(rng.choice(fd.n_authors, n_forget, replace=False))
+        is_f = np.isin(fd.author_of_row, forget_authors)
+        fi, ri = torch.tensor(np.nonzero(is_f)[0]), torch.tensor(np.nonzero(~is_f)[0])
+        A, B = fd.author_q["A"], fd.author_q["B"]
+
+        def rows(q, idx):
+            return q[0][idx], q[1][idx]
+
+        def cat(*parts):
+            return tuple(torch.cat([p[i] for p in parts]) for i in range(2))
+
+        forget = cat(rows(A, fi), rows(B, fi))
+        retain = cat(rows(A, ri), rows(B, ri), fd.world_q["A"], fd.world_q["B"], fd.add_train)
+        # one canonical order for the full training set, so every split shares the originals
+        train = cat(A, B, fd.world_q["A"], fd.world_q["B"], fd.add_train)
+        u_rng = np.random.default_rng(3000 + split_seed)
+        ru = torch.tensor(np.sort(u_rng.choice(ri.numpy(), min(self.utility_subset, len(ri)), replace=False)))
+        au = np.sort(u_rng.choice(len(fd.add_test_answers), min(self.utility_subset, len(fd.add_test_answers)),
+                                  replace=False))
+        extra = {
+            "forget_A": rows(A, fi), "forget_B": rows(B, fi),
+            "forget_perturbed": [fd.author_perturbed[i] for i in fi.tolist()],
+            "retain_A": rows(A, ru), "retain_B": rows(B, ru),
+            "retain_perturbed": [fd.author_perturbed[i] for i in ru.tolist()],
+            "world_A": fd.world_q["A"], "world_B": fd.world_q["B"], "world_perturbed": fd.world_perturbed,
+            "add_test": (fd.add_test[0][au], fd.add_test[1][au]),
+            "add_perturbed": [fd.add_test_perturbed[i] for i in au.tolist()],
+            "holdout_A": fd.holdout_q["A"],
+        }
+        test = extra["add_test"]
+        return Setup(scenario, split_seed, train, forget, retain, test, extra, key=f"B-{scenario}-{split_seed}")
+
+    def new_model(self):
+        return TinyLM(len(self.facts.vocab), d=self.d)
+
+    def train(self, data: tuple, seed: int):
+        torch.manual_seed(seed)
+        model = self.new_model()
+        ids, labels = data
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+        g = torch.Generator().manual_seed(seed)
+        n, bs = ids.shape[0], 256
+        for epoch in range(self.max_epochs):
+            model.train()
+            perm = torch.randperm(n, generator=g)
+            for i in range(0, n, bs):
+                b = perm[i:i + bs]
+                loss = self.objective.mean_nll(model, (ids[b], labels[b])).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if epoch % 5 == 4 and metrics.accuracy(model, data, self.objective) >= 0.999:
+                break
+        model.eval()
+        return model
+
+    # --- measurements ------------------------------------------------------------------------
+    def _qa(self, model, ids_a, labels_a, ids_b, labels_b, perturbed):
+        """Accuracy, mean answer probability, extraction strength, exact memorisation, truth
+        ratios, margins for one question set."""
+        lp, correct, mask, margin = _answer_stats(model, ids_a, labels_a)
+        n = mask.sum(1)
+        acc = (correct.sum(1) == n).float()
+        es = []
+        for i in range(ids_a.shape[0]):
+            c = correct[i][mask[i]].tolist()
+            k = len(c)
+            while k > 0 and c[k - 1]:
+                k -= 1
+            es.append(1 - k / max(len(c), 1))  # smallest prefix after which greedy reproduces the rest
+        em = correct.sum(1).float() / n.clamp_min(1)
+        tr = _truth_ratios(model, ids_b, labels_b, perturbed)
+        return {"acc": acc.numpy(), "prob": lp.exp().numpy(), "es": np.array(es), "em": em.numpy(), "tr": tr,
+                "margin": margin.numpy()}
+
+    def evaluate(self, model, setup: Setup, original=None, probes: bool = False) -> dict:
+        x = setup.extra
+        f = self._qa(model, *x["forget_A"], *x["forget_B"], x["forget_perturbed"])
+        r = self._qa(model, *x["retain_A"], *x["retain_B"], x["retain_perturbed"])
+        w = self._qa(model, *x["world_A"], *x["world_B"], x["world_perturbed"])
+        a = self._qa(model, *x["add_test"], *x["add_test"], x["add_perturbed"])
+        util_parts = []
+        for part in (r, w, a):
+            util_parts += [part["prob"].mean(), part["acc"].mean(), np.maximum(0, 1 - part["tr"]).mean()]
+        mink_f = _mink(model, *x["forget_A"])
+        mink_h = _mink(model, *x["holdout_A"])
+        out = {
+            "acc_forget": float(f["acc"].mean()),
+            "acc_retain": float(r["acc"].mean()),
+            "acc_world": float(w["acc"].mean()),
+            "acc_add_test": float(a["acc"].mean()),
+            "prob_forget": float(f["prob"].mean()),
+            "truth_ratio_forget": float(np.minimum(f["tr"], 1 / f["tr"]).mean()),
+            "truth_ratio_retain": float(np.maximum(0, 1 - r["tr"]).mean()),
+            "extraction_strength_forget": float(f["es"].mean()),
+            "exact_memorization_forget": float(f["em"].mean()),
+            "model_utility": metrics.harmonic_mean(util_parts),
+            "mink_auc": metrics.auc(mink_f, mink_h),
+            "tr_values_forget": f["tr"],
+            "margins_forget": f["margin"],
+            "margins_retain": r["margin"],
+            "margins_test": a["margin"],
+        }
+        if original is not None:
+            out["retain_kl"] = metrics.retain_kl(original, model, x["retain_A"], self.objective)
+        if probes:
+            for bits in (8, 4):
+                qm = quantize_rtn(model, bits)
+                qf = self._qa(qm, *x["forget_A"], *x["forget_B"], x["forget_perturbed"])
+                out[f"int{bits}_acc_forget"] = float(qf["acc"].mean())
+                out[f"int{bits}_truth_ratio_forget"] = float(np.minimum(qf["tr"], 1 / qf["tr"]).mean())
+                out[f"int{bits}_margins_forget"] = qf["margin"]
+            fa = x["forget_A"]
+            out["relearn_acc_forget"] = np.array(relearn(
+                model, fa, lambda m: _exact_match(m, *fa), fraction=0.1, steps=10, lr=0.05,
+                objective=self.objective, seed=setup.split_seed))
+        return out
+
+    def aggregate_extra(self, arm: list[dict], reference: list[dict]) -> dict:
+        """Forget quality (KS p-value vs the pooled reference truth ratios, median over models)
+        and privleak relative to the reference oracles' Min-K% AUC."""
+        ref_tr = np.concatenate([r["tr_values_forget"] for r in reference])
+        fq = [metrics.ks_forget_quality(a["tr_values_forget"], ref_tr) for a in arm]
+        auc_u = float(np.mean([a["mink_auc"] for a in arm]))
+        auc_o = float(np.mean([r["mink_auc"] for r in reference]))
+        return {"forget_quality": float(np.median(fq)),
+                "privleak": ((1 - auc_u) - (1 - auc_o)) / max(1 - auc_o, 1e-9) * 100}
+
+    # --- tuning budget: 6 configurations per method ------------------------------------------
+    def grid(self, method: str) -> list[dict]:
+        fo = dict(optimizer="adamw", batch_size=32, weight_decay=0.01)
+        grids = {
+            "finetune": [dict(lr=lr, epochs=e, optimizer="adamw", batch_size=256, weight_decay=0.01)
+                         for lr in (1e-3, 3e-3, 1e-2) for e in (1, 3)],
+            "gradient_ascent": [dict(lr=lr, epochs=e, **fo) for lr in (1e-4, 1e-3, 1e-2) for e in (2, 5)],
+            "grad_diff": [dict(lr=lr, epochs=5, retain_loss=rl, **fo) for lr in (1e-4, 1e-3, 1e-2) for rl in ("nll", "kl")],
+            "npo": [dict(lr=lr, epochs=e, beta=0.1, **fo) for lr in (1e-4, 1e-3, 1e-2) for e in (2, 5)],
+            "simnpo": [dict(lr=lr, epochs=e, beta=4.5, **fo) for lr in (1e-4, 1e-3, 1e-2) for e in (2, 5)],
+            "ssd": [dict(alpha=a, lam=lam, batch_size=64) for a, lam in ((10, 1), (5, 1), (50, 1), (100, 1), (10, 0.1), (50, 0.1))],
+            "l1_sparse": [dict(alpha=al, lr=lr, epochs=1, optimizer="adamw", batch_size=256, weight_decay=0.01)
+                          for al in (1e-5, 1e-4, 1e-3) for lr in (1e-3, 3e-3)],
+            "prune_then_unlearn": [dict(sparsity=s, unlearner="finetune",
+                                        unlearner_kwargs=dict(lr=lr, epochs=1, optimizer="adamw", batch_size=256))
+                                   for s in (0.3, 0.5, 0.8) for lr in (1e-3, 3e-3)],
+            "iau": [dict(lr=lr, batch_size=512) for lr in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)],
+            "representation_projection": [dict(dim=k, lr=lr, epochs=5, batch_size=32) for k in (2, 8, 16)
+                                          for lr in (2e-4, 2e-2)],
+        }
+        if method not in grids:
+            raise ValueError(f"Track B has no grid for method {method!r} (newton_step needs a dense GGN: "
+                             f"small models only)")
+        return grids[method]

@@ -1,0 +1,281 @@
+"""structops.unlearn methods: one calling convention, intended effect, determinism, bad inputs."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from structops import unlearn
+from structops.unlearn.tracks.tiny_lm import TinyLM
+
+
+def blobs(n=240, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.tensor([[2.0, 0.0], [-1.0, 1.7], [-1.0, -1.7]])
+    y = torch.arange(n) % 3
+    x = centers[y] + 0.6 * torch.randn(n, 2, generator=g)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def memorised():
+    """An MLP that memorised 12 mislabelled points (the forget set) among clean blobs."""
+    torch.manual_seed(0)
+    x, y = blobs()
+    y = y.clone()
+    y[:12] = (y[:12] + 1) % 3
+    model = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 3))
+    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=800, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    model.eval()
+    forget, retain = (x[:12], y[:12]), (x[12:], y[12:])
+    assert unlearn.metrics.accuracy(model, forget) > 0.9  # memorised
+    return model, forget, retain
+
+
+# tiny-case hyperparameters: strong enough to act in a few steps
+TINY = {
+    "finetune": dict(lr=0.1, epochs=20),
+    "gradient_ascent": dict(lr=0.01, epochs=3, optimizer="adam"),
+    "grad_diff": dict(lr=0.01, epochs=10, optimizer="adam"),
+    "npo": dict(lr=0.01, epochs=10, optimizer="adam"),
+    "simnpo": dict(lr=0.01, epochs=10, optimizer="adam"),
+    "ssd": dict(alpha=2.0, lam=1.0),
+    "l1_sparse": dict(lr=0.1, epochs=20, alpha=1e-3),
+    "prune_then_unlearn": dict(sparsity=0.5, unlearner_kwargs=dict(lr=0.1, epochs=20)),
+    "iau": dict(lr=0.01),
+    "newton_step": dict(damping=1e-3),
+    "representation_projection": dict(dim=4, lr=0.05, epochs=20, layers=["1"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(unlearn.METHODS))
+def test_method_moves_forget_loss_up_and_leaves_caller_model_alone(name, memorised):
+    model, forget, retain = memorised
+    before = copy.deepcopy(model.state_dict())
+    loss_before = unlearn.metrics.example_losses(model, forget).mean()
+    out = unlearn.METHODS[name](model, forget, retain, seed=0, **TINY[name])
+    assert out is not model
+    for k, v in model.state_dict().items():  # the caller's model is untouched
+        assert torch.equal(v, before[k])
+    loss_after = unlearn.metrics.example_losses(out, forget).mean()
+    assert torch.isfinite(loss_after)
+    assert loss_after > loss_before, f"{name}: forget loss {loss_before:.3f} -> {loss_after:.3f}"
+    log = out.unlearning_log[-1]
+    assert log["method"] == name and log["seconds"] >= 0 and log["hparams"] == TINY[name]
+
+
+def test_inplace_and_sequential_log(memorised):
+    model, forget, retain = memorised
+    m = copy.deepcopy(model)
+    out = unlearn.finetune(m, forget, retain, inplace=True, lr=0.1, epochs=2)
+    assert out is m
+    out = unlearn.ssd(out, forget, retain)
+    assert [e["method"] for e in out.unlearning_log] == ["finetune", "ssd"]
+
+
+@pytest.mark.parametrize("name", ["finetune", "npo", "representation_projection", "prune_then_unlearn"])
+def test_deterministic_given_seed(name, memorised):
+    model, forget, retain = memorised
+    kw = TINY[name]
+    a = unlearn.METHODS[name](model, forget, retain, seed=3, **kw)
+    b = unlearn.METHODS[name](model, forget, retain, seed=3, **kw)
+    x = torch.randn(20, 2)
+    assert torch.equal(a(x), b(x))
+
+
+def test_ssd_matches_hand_computation():
+    """Two-layer model, batch size 2: importances are squared batch-mean gradients averaged over
+    batches; selected parameters get beta = min(lam * I_D / I_Df, 1)."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x = torch.randn(6, 3)
+    y = torch.tensor([0, 1, 1, 0, 1, 0])
+    forget, retain = (x[:2], y[:2]), (x[2:], y[2:])
+    alpha, lam = 1.5, 0.8
+
+    def importance(xs, ys):
+        imp = [torch.zeros_like(p) for p in model.parameters()]
+        nb = 0
+        for i in range(0, len(ys), 2):
+            model.zero_grad()
+            nn.functional.cross_entropy(model(xs[i:i + 2]), ys[i:i + 2]).backward()
+            for acc, p in zip(imp, model.parameters()):
+                acc += p.grad ** 2
+            nb += 1
+        return [v / nb for v in imp]
+
+    full_x, full_y = torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])
+    i_d, i_f = importance(full_x, full_y), importance(*forget)
+    expected = []
+    for p, d, f in zip(model.parameters(), i_d, i_f):
+        beta = torch.clamp(lam * d / f, max=1.0)
+        expected.append(torch.where(f > alpha * d, p.detach() * beta, p.detach()))
+    out = unlearn.ssd(model, forget, retain, alpha=alpha, lam=lam, batch_size=2)
+    for e, p in zip(expected, out.parameters()):
+        torch.testing.assert_close(p.detach(), e)
+    assert any(not torch.equal(e, p.detach()) for e, p in zip(expected, model.parameters()))  # something dampened
+
+
+def test_newton_step_matches_dense_formula(memorised):
+    """theta + eta (G + lambda I)^-1 grad L_f with G built from explicit per-example Jacobians."""
+    model, forget, retain = memorised
+    from torch.func import functional_call, jacrev
+
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    names = list(params)
+
+    def logits(flat, x):
+        d, off = {}, 0
+        for n in names:
+            k = params[n].numel()
+            d[n] = flat[off:off + k].reshape(params[n].shape)
+            off += k
+        return functional_call(model, d, (x,))
+
+    theta = torch.cat([params[n].reshape(-1) for n in names]).double()
+    model64 = copy.deepcopy(model).double()
+    xr, yr = retain
+    G = torch.zeros(theta.numel(), theta.numel(), dtype=torch.float64)
+    for i in range(len(yr)):
+        J = jacrev(lambda t: functional_call(model64, dict(zip(names, _split(t, params))), (xr[i:i + 1].double(),))[0])(theta)
+        p = torch.softmax(model64(xr[i:i + 1].double())[0], -1)
+        G += J.T @ (torch.diag(p) - torch.outer(p, p)) @ J
+    G /= len(yr)
+    xf, yf = forget
+    t = theta.clone().requires_grad_(True)
+    lf = nn.functional.cross_entropy(functional_call(model64, dict(zip(names, _split(t, params))), (xf.double(),)), yf)
+    (g,) = torch.autograd.grad(lf, t)
+    eta = len(yf) / len(yr)
+    expected = theta + eta * torch.linalg.solve(G + 1e-3 * torch.eye(len(theta), dtype=torch.float64), g)
+    out = unlearn.newton_step(model, forget, retain, damping=1e-3)
+    got = torch.cat([p.detach().reshape(-1) for p in out.parameters()]).double()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def _split(flat, params):
+    out, off = [], 0
+    for p in params.values():
+        out.append(flat[off:off + p.numel()].reshape(p.shape))
+        off += p.numel()
+    return out
+
+
+def test_representation_projection_accumulates(memorised):
+    model, forget, retain = memorised
+    a = unlearn.representation_projection(model, forget, retain, dim=2, layers=["1"], epochs=1)
+    assert a[1].mrp_basis.shape == (2, 32)
+    b = unlearn.representation_projection(a, forget, retain, dim=2, layers=["1"], epochs=1)
+    Q = b[1].mrp_basis
+    assert Q.shape == (4, 32)
+    torch.testing.assert_close(Q @ Q.T, torch.eye(4), atol=1e-5, rtol=0)  # orthonormal rows
+    # the projection survives a state_dict round trip into a deep copy of the structure
+    c = copy.deepcopy(b)
+    c.load_state_dict(b.state_dict())
+    x = torch.randn(5, 2)
+    torch.testing.assert_close(c(x), b(x))
+
+
+def test_prune_then_unlearn_keeps_masks(memorised):
+    model, forget, retain = memorised
+    out = unlearn.prune_then_unlearn(model, forget, retain, sparsity=0.6, unlearner_kwargs=dict(lr=0.1, epochs=5))
+    w = torch.cat([m.weight.reshape(-1) for m in out.modules() if isinstance(m, nn.Linear)])
+    assert (w == 0).float().mean() >= 0.6 - 1e-6  # masked weights stayed zero through fine-tuning
+    assert not any("weight_orig" in n for n, _ in out.named_parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# causal LM (token-level loss with masking)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_lm():
+    torch.manual_seed(0)
+    V, n, T = 12, 24, 6
+    ids = torch.randint(3, V, (n, T))
+    labels = torch.full((n, T), -100)
+    labels[:, 3:5] = ids[:, 4:6].clone()  # only two answer positions are scored
+    labels[:, 5] = 1
+    model = TinyLM(V, d=8, layers=1, heads=2, max_len=T)
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    obj = unlearn.CausalLM()
+    for _ in range(300):
+        loss = obj.mean_nll(model, (ids, labels)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return model, (ids[:4], labels[:4]), (ids[4:], labels[4:])
+
+
+LM = dict(TINY, newton_step=dict(damping=1e-2, max_params=5000),
+          representation_projection=dict(dim=2, lr=0.05, epochs=20))
+
+
+@pytest.mark.parametrize("name", sorted(unlearn.METHODS))
+def test_methods_on_causal_lm(name, tiny_lm):
+    model, forget, retain = tiny_lm
+    obj = unlearn.CausalLM()
+    before = unlearn.metrics.example_losses(model, forget, obj).mean()
+    out = unlearn.METHODS[name](model, forget, retain, objective=obj, seed=0, **LM[name])
+    after = unlearn.metrics.example_losses(out, forget, obj).mean()
+    assert torch.isfinite(after) and after > before, f"{name}: {before:.3f} -> {after:.3f}"
+
+
+def test_causal_lm_masking_is_respected(tiny_lm):
+    model, forget, _ = tiny_lm
+    obj = unlearn.CausalLM()
+    s, n = obj.nll(model, forget)
+    assert torch.equal(n, torch.full((4,), 3.0))
+    logits = model(forget[0])
+    manual = nn.functional.cross_entropy(logits[:, 3:6].reshape(-1, 12), forget[1][:, 3:6].reshape(-1), reduction="none")
+    torch.testing.assert_close(s, manual.reshape(4, 3).sum(1))
+
+
+def test_newton_step_refuses_large_models(tiny_lm):
+    model, forget, retain = tiny_lm
+    with pytest.raises(ValueError, match="max_params"):
+        unlearn.newton_step(model, forget, retain, objective=unlearn.CausalLM(), max_params=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------
+def test_bad_inputs(memorised):
+    model, forget, retain = memorised
+    x, y = retain
+    with pytest.raises(ValueError, match="forget set is empty"):
+        unlearn.finetune(model, (x[:0], y[:0]), retain)
+    with pytest.raises(ValueError, match="share 3 example"):
+        unlearn.finetune(model, (x[:3], y[:3]), retain)
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 3\).*mismatched label spaces"):
+        unlearn.finetune(model, (forget[0], forget[1] + 5), retain)
+    with pytest.raises(ValueError, match="retain set is empty"):
+        unlearn.finetune(model, forget, (x[:0], y[:0]))
+    with pytest.raises(ValueError, match="disagree in tensor 1"):
+        unlearn.npo(model, forget, (x, y.float()))
+    with pytest.raises(ValueError, match="integer class"):
+        unlearn.ssd(model, (forget[0], forget[1].float()), (x, y.float()))
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        unlearn.finetune("not a model", forget, retain)
+    with pytest.raises(ValueError, match="optimizer must be"):
+        unlearn.finetune(model, forget, retain, optimizer="lamb")
+    # gradient ascent needs no retain data
+    unlearn.gradient_ascent(model, forget, None, lr=1e-3, epochs=1)
+
+
+def test_dataloader_inputs(memorised):
+    model, forget, retain = memorised
+    from torch.utils.data import DataLoader, TensorDataset
+
+    fl = DataLoader(TensorDataset(*forget), batch_size=5)
+    rl = DataLoader(TensorDataset(*retain), batch_size=50)
+    out = unlearn.finetune(model, fl, rl, lr=0.1, epochs=2)
+    assert unlearn.metrics.example_losses(out, fl).numel() == 12

@@ -1,0 +1,146 @@
+"""Unlearning metrics on cases with known answers, and the robustness probes."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from structops.unlearn import metrics, probes
+
+
+def test_binned_kl_identical_and_disjoint():
+    a = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    assert metrics.binned_kl(a, a) == pytest.approx(0.0, abs=1e-12)
+    # all of p in the first bin, q in the last: q is floored at eps = 1e-5 where p > 0, then
+    # normalised by scipy -> KL = log((1 + 1e-5) / 1e-5).  (q's maximum sits on the top edge of
+    # the range and is not counted: np.digitize, as in data-unlearning-bench.)
+    p, q = np.zeros(8), np.array([10.0] * 7 + [10.5])
+    assert metrics.binned_kl(p, q) == pytest.approx(math.log((1 + 1e-5) / 1e-5), rel=1e-9)
+    # the quirk itself: if every q sample is the maximum, none is counted and q falls back to eps
+    assert metrics.binned_kl(np.zeros(8), np.full(8, 10.0)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_binned_kl_matches_hand_histogram():
+    # range [0, 4], 4 bins of width 1; np.digitize drops the sample equal to the top edge (4.0),
+    # exactly like data-unlearning-bench
+    p = np.array([0.5, 0.5, 1.5, 3.5])
+    q = np.array([0.5, 1.5, 2.5, 4.0])
+    got = metrics.binned_kl(p, q, bin_count=4)
+    pp = np.array([2, 1, 0, 1]) / 4
+    qq = np.array([1, 1, 1, 0]) / 3
+    qs = np.where(pp > 0, np.maximum(qq, 1e-5), qq)
+    qs = qs / qs.sum()
+    want = sum(pi * math.log(pi / qi) for pi, qi in zip(pp, qs) if pi > 0)
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_klom_clips_at_100():
+    u = np.array([[1e6], [2e6]])
+    o = np.array([[100.0], [100.0]])
+    assert metrics.klom(u, o)[0] == pytest.approx(0.0, abs=1e-12)  # both clipped to 100
+
+
+def test_gaussian_klom_closed_form():
+    rng = np.random.default_rng(0)
+    u = rng.normal(1.0, 2.0, size=(200000, 1))
+    o = rng.normal(0.0, 1.0, size=(200000, 1))
+    want = math.log(1 / 2) + (4 + 1) / 2 - 0.5  # KL(N(1, 2^2) || N(0, 1))
+    assert metrics.gaussian_klom(u, o)[0] == pytest.approx(want, rel=2e-2)
+    same = rng.normal(0, 1, size=(50, 3))
+    assert np.allclose(metrics.gaussian_klom(same, same), 0.0)
+    # std floor: constant samples do not divide by zero
+    assert np.isfinite(metrics.gaussian_klom(np.zeros((4, 2)), np.ones((4, 2)))).all()
+
+
+def test_ks_forget_quality():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=400), rng.normal(size=400)
+    assert metrics.ks_forget_quality(a, b) > 0.05
+    assert metrics.ks_forget_quality(a, b + 1.0) < 1e-6
+    assert metrics.ks_forget_quality([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
+
+
+def test_auc_known_values():
+    assert metrics.auc([3, 4, 5], [0, 1, 2]) == 1.0
+    assert metrics.auc([0, 1], [2, 3]) == 0.0
+    assert metrics.auc([1, 1], [1, 1]) == 0.5
+    assert metrics.auc([2, 0], [1]) == 0.5
+
+
+def test_harmonic_mean():
+    assert metrics.harmonic_mean([1, 1, 1]) == 1.0
+    assert metrics.harmonic_mean([0.5, 1.0]) == pytest.approx(2 / 3)
+    assert metrics.harmonic_mean([0.0, 1.0]) == 0.0
+
+
+def test_margins_and_accuracy_on_fixed_logits():
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 1.0]])[: x.shape[0]]
+
+    x, y = torch.zeros(2, 1), torch.tensor([0, 2])
+    m = metrics.margins(Fixed(), (x, y))
+    torch.testing.assert_close(m, torch.tensor([2 - math.log(2), 1 - math.log(math.e ** 0 + math.e ** 1)]))
+    assert metrics.accuracy(Fixed(), (x, y)) == 0.5  # argmax of row 2 is the first maximum, class 1
+
+
+def test_mia_threshold_on_separable_losses():
+    """Members have loss ~0, non-members high: a forget set that looks like non-members is called
+    non-member entirely."""
+
+    class ByInput(nn.Module):
+        def forward(self, x):  # x[:, 0] = confidence in the true class 0
+            return torch.stack([x[:, 0], torch.zeros_like(x[:, 0])], 1)
+
+    y = lambda n: torch.zeros(n, dtype=torch.long)
+    retain = (torch.full((50, 1), 8.0), y(50))
+    test = (torch.full((50, 1), -2.0), y(50))
+    forget_like_test = (torch.full((10, 1), -2.0), y(10))
+    forget_like_retain = (torch.full((10, 1), 8.0), y(10))
+    m = ByInput()
+    assert metrics.mia_loss_threshold(m, forget_like_test, retain, test) == 1.0
+    assert metrics.mia_loss_threshold(m, forget_like_retain, retain, test) == 0.0
+    assert metrics.mia_svc(m, forget_like_test, retain, test) == 1.0
+    assert metrics.mia_svc(m, forget_like_retain, retain, test) == 0.0
+
+
+def test_quantize_rtn_known_values():
+    lin = nn.Linear(2, 1, bias=True)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.1, 0.9]]))
+        lin.bias.fill_(0.123)
+    q8 = probes.quantize_rtn(lin, 8)
+    s8 = 0.9 / 127
+    torch.testing.assert_close(q8.weight, torch.tensor([[round(0.1 / s8) * s8, 0.9]]))
+    q4 = probes.quantize_rtn(lin, 4)
+    s4 = 0.9 / 7
+    torch.testing.assert_close(q4.weight, torch.tensor([[1 * s4, 0.9]]))
+    assert q4.bias.item() == pytest.approx(0.123)  # biases stay in full precision
+    assert lin.weight[0, 0].item() == pytest.approx(0.1)  # the original is untouched
+
+
+def test_quantization_recovers_a_small_unlearning_update():
+    """An 'unlearning' edit smaller than half an int4 bin disappears after quantisation — the
+    failure mode the probe exists to expose (arXiv 2410.16454)."""
+    orig = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        orig.weight.copy_(torch.tensor([[0.7, -0.7, 0.31, 0.0], [0.21, 0.7, -0.29, 0.1]]))
+    unlearned = copy.deepcopy(orig)
+    with torch.no_grad():
+        unlearned.weight.add_(0.01)  # a tiny edit; the int4 bin width is 0.1 here
+    qo, qu = probes.quantize_rtn(orig, 4), probes.quantize_rtn(unlearned, 4)
+    assert not torch.equal(orig.weight, unlearned.weight)
+    torch.testing.assert_close(qo.weight, qu.weight, atol=0.011, rtol=0)
+
+
+def test_relearn_curve_shape_and_direction():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    x = torch.randn(40, 2)
+    y = (x[:, 0] > 0).long()
+    curve = probes.relearn(model, (x, y), lambda m: metrics.example_losses(m, (x, y)).mean().item(),
+                           fraction=0.5, steps=20, lr=0.5)
+    assert len(curve) == 21 and curve[-1] < curve[0]
