@@ -85,6 +85,7 @@ def test_margins_and_accuracy_on_fixed_logits():
     m = metrics.margins(Fixed(), (x, y))
     torch.testing.assert_close(m, torch.tensor([2 - math.log(2), 1 - math.log(math.e ** 0 + math.e ** 1)]))
     assert metrics.accuracy(Fixed(), (x, y)) == 0.5  # argmax of row 2 is the first maximum, class 1
+    torch.testing.assert_close(metrics.example_accuracy(Fixed(), (x, y)), torch.tensor([1.0, 0.0]))
 
 
 def test_mia_threshold_on_separable_losses():

@@ -72,11 +72,8 @@ class _StructuredLinear(nn.Module):
             y = y[..., : self.out_features]
         return y
 
-    def forward_matmul(self, x: Tensor) -> Tensor:  # pragma: no cover - overridden
-        raise NotImplementedError
-
     def forward(self, x: Tensor) -> Tensor:
-        y = self.forward_matmul(x)
+        y = self.forward_matmul(x)  # defined by each layer
         # Cast the bias to the output dtype (AMP): otherwise the sum is promoted to fp32.
         return y + self.bias.to(dtype=y.dtype) if self.bias is not None else y
 

@@ -14,7 +14,7 @@ with the retain set, and targets outside the model's output space, with errors t
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -129,6 +129,3 @@ def check_unlearning_inputs(model: nn.Module, forget, retain, objective: Objecti
                 raise ValueError(f"{name} targets must lie in [0, {n_out}) (the model has {n_out} outputs), got "
                                  f"range [{int(tgt.min())}, {int(tgt.max())}]: mismatched label spaces")
 
-
-def total_examples(datas: Iterable) -> int:
-    return sum(num_examples(d) for d in datas)

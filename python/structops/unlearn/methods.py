@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import itertools
 import math
 import time
 from typing import Callable

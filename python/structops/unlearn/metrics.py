@@ -18,11 +18,9 @@ Distribution tests: :func:`ks_forget_quality` (two-sample KS p-value), :func:`au
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import batches

@@ -24,6 +24,7 @@ retain terms, NPO references, margins — then raise a clear error).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Callable
 
 import torch
@@ -37,26 +38,26 @@ def _logits(out) -> Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
-class Objective:
+class Objective(ABC):
     """Base class; see the module docstring."""
 
+    @abstractmethod
     def nll(self, model: nn.Module, batch) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """(summed NLL of the scored targets (B,), number of scored targets (B,))."""
 
+    @abstractmethod
     def scored_logprobs(self, model: nn.Module, batch) -> tuple[Tensor, Tensor, Tensor]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """(log-softmax at every scored position (N, C), targets (N,), example index (N,))."""
+
+    @abstractmethod
+    def targets(self, batch) -> Tensor:
+        """All scored targets of a batch, flattened."""
 
     def mean_nll(self, model: nn.Module, batch) -> Tensor:
         """Per-example NLL averaged over its scored targets, (B,)."""
         s, n = self.nll(model, batch)
         return s / n.clamp_min(1)
 
-    def num_outputs(self, model: nn.Module, batch) -> int:
-        logp, _, _ = self.scored_logprobs(model, batch)
-        return logp.shape[-1]
-
-    def targets(self, batch) -> Tensor:
-        raise NotImplementedError  # pragma: no cover - abstract
 
 
 class Classification(Objective):
@@ -120,6 +121,9 @@ class LossFnObjective(Objective):
     def scored_logprobs(self, model, batch):
         raise ValueError("this method or metric needs output distributions: pass an Objective "
                          "(structops.unlearn.Classification() or CausalLM()) instead of a plain loss_fn")
+
+    def targets(self, batch):
+        return batch[1]
 
 
 def as_objective(obj) -> Objective:

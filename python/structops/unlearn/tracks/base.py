@@ -16,6 +16,7 @@ A track is a data set, a model family and a training recipe, deterministic given
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 __all__ = ["Setup", "Track"]
@@ -33,22 +34,27 @@ class Setup:
     key: str = ""           # cache key of this (scenario, split)
 
 
-class Track:
+class Track(ABC):
     name = "base"
     scenarios: tuple = ()
     objective = None
 
-    def setup(self, scenario: str, split_seed: int) -> Setup:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def setup(self, scenario: str, split_seed: int) -> Setup:
+        """The forget/retain/test sets of one (scenario, split)."""
 
-    def new_model(self):  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def new_model(self):
+        """An untrained model (used to load cached state dicts)."""
 
-    def train(self, data: tuple, seed: int):  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def train(self, data: tuple, seed: int):
+        """A model trained on ``data``, deterministic given ``seed``."""
 
-    def evaluate(self, model, setup: Setup, original=None) -> dict:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def evaluate(self, model, setup: Setup, original=None, probes: bool = False) -> dict:
+        """Per-model measurements: floats and per-point arrays (``margins_*`` for KLoM)."""
 
-    def grid(self, method: str) -> list[dict]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def grid(self, method: str) -> list[dict]:
+        """Hyperparameter configurations the protocol may try for ``method``."""
