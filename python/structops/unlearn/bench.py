@@ -65,6 +65,7 @@ COLUMNS_B = [
     ("EM F", "exact_memorization_forget", "{:.3f}"),
     ("MinK AUC", "mink_auc", "{:.2f}"),
     ("privleak", "privleak", "{:.1f}"),
+    ("MIA", "mia_loss", "{:.2f}"),
     ("gKLoM F", "gklom_forget_p50", "{:.2f}"),
     ("rKL", "retain_kl", "{:.3f}"),
     ("int4 accF", "int4_acc_forget", "{:.3f}"),

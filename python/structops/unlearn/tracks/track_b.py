@@ -17,7 +17,8 @@ forget truth ratios against the reference oracles', model utility = harmonic mea
 {answer probability, accuracy, truth-ratio aggregate} x {retain authors, world facts, held-out
 addition}, extraction strength, exact memorisation, Min-K% (k = 40%) MIA AUC (forget vs
 never-trained authors, over the answer tokens: the only trained positions) and privleak relative
-to the oracles, margins for Gaussian KLoM.
+to the oracles, the loss-threshold MIA (retain vs never-trained authors), margins for Gaussian
+KLoM.
 """
 
 from __future__ import annotations
@@ -223,6 +224,9 @@ class TrackB(Track):
             "exact_memorization_forget": float(f["em"].mean()),
             "model_utility": metrics.harmonic_mean(util_parts),
             "mink_auc": metrics.auc(mink_f, mink_h),
+            # loss-threshold MIA calibrated on retain authors (members) vs never-trained authors
+            "mia_loss": metrics.mia_loss_threshold(model, x["forget_A"], x["retain_A"], x["holdout_A"],
+                                                   self.objective),
             "tr_values_forget": f["tr"],
             "margins_forget": f["margin"],
             "margins_retain": r["margin"],
