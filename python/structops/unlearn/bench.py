@@ -3,6 +3,8 @@
     python -m structops.unlearn.bench --track A --scenario mislabel --seeds 8
     python -m structops.unlearn.bench --track B --scenario forget05 --seeds 8 --methods finetune,npo,simnpo
 
+    python -m structops.unlearn.bench --render results.json [...]   # markdown tables of saved runs
+
 Prints a table per fresh forget set, writes JSON (``--json``, default
 ``bench/results/unlearn_<track>_<scenario>.json``) and a PNG of the forget-vs-retain trade-off
 (``--png``).  Originals and oracles are cached (``--cache``, default ``$STRUCTOPS_CACHE`` or
@@ -74,19 +76,31 @@ COLUMNS_B = [
 ]
 
 
-def format_table(report: dict, columns) -> str:
+def _rows(report: dict, columns) -> list[list[str]]:
     arms = [a for a in report if not a.startswith("_")]
     order = ["oracle", "original"] + [a for a in arms if a not in ("oracle", "original")]
     rows = [["method"] + [h for h, _, _ in columns]]
     for a in order:
         s = report[a]
         row = [a]
-        for _, k, fmt in columns:
+        for h, k, fmt in columns:
             v = s.get(k)
-            if k == "seconds" and "ms" in [h for h, kk, _ in columns if kk == k]:
-                v = None if v is None else v * 1e3
+            if h == "ms" and v is not None:
+                v = v * 1e3
             row.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
         rows.append(row)
+    return rows
+
+
+def format_markdown(report: dict, columns) -> str:
+    rows = _rows(report, columns)
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(out)
+
+
+def format_table(report: dict, columns) -> str:
+    rows = _rows(report, columns)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
@@ -123,6 +137,18 @@ def plot_tradeoff(results: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--render":  # markdown tables of saved results, no rerun
+        for path in argv[1:]:
+            with open(path) as f:
+                res = json.load(f)
+            cols = COLUMNS_A if res["track"] == "A" else COLUMNS_B
+            for split, report in res["report"].items():
+                print(f"\n### Track {res['track']} / {res['scenario']} (fresh forget set {split}, {res['seeds']} seeds, "
+                      f"sizes {report.get('_sizes')})\n")
+                print(format_markdown(report, cols))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--track", required=True, help="A (digits MLP) or B (tiny transformer on synthetic facts)")
     ap.add_argument("--scenario", required=True, help="A: random | class | mislabel; B: forget01 | forget05 | forget10")
