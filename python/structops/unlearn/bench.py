@@ -3,7 +3,7 @@
     python -m structops.unlearn.bench --track A --scenario mislabel --seeds 8
     python -m structops.unlearn.bench --track B --scenario forget05 --seeds 8 --methods finetune,npo,simnpo
 
-    python -m structops.unlearn.bench --render results.json [...]   # markdown tables of saved runs
+    python -m structops.unlearn.bench --render results.json [...] [--png-dir DIR]  # tables (and plots) of saved runs
 
 Prints a table per fresh forget set, writes JSON (``--json``, default
 ``bench/results/unlearn_<track>_<scenario>.json``) and a PNG of the forget-vs-retain trade-off
@@ -108,31 +108,40 @@ def format_table(report: dict, columns) -> str:
 
 
 def plot_tradeoff(results: dict, path: str) -> None:
+    """One scatter per fresh forget set: x = median Gaussian KLoM to the oracles on the forget set,
+    y = retain KL(original || unlearned).  The oracle-vs-oracle distance is drawn as a vertical line
+    (the best reachable x); the original sits at x = its own distance, y = 0 (drawn at the floor)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    markers = "osD^vP*Xhp<>"
     for split, report in results["report"].items():
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        for arm, s in report.items():
-            if arm.startswith("_"):
-                continue
-            x = s.get("gklom_forget_p50", np.nan)
-            y = s.get("retain_kl", 0.0) if arm not in ("oracle", "original") else (0.0 if arm == "original" else np.nan)
-            if arm == "oracle":
-                y = s.get("gklom_retain_p50", np.nan)
-            ax.scatter([x], [max(y, 1e-4)], s=40)
-            ax.annotate(arm, (x, max(y, 1e-4)), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        methods = [a for a in report if not a.startswith("_") and a not in ("oracle", "original")]
+        ys = [report[a].get("retain_kl", np.nan) for a in methods]
+        floor = 10 ** math.floor(math.log10(max(min([y for y in ys if y and y > 0] or [1e-3]), 1e-6))) / 2
+        if "oracle" in report:
+            ax.axvline(report["oracle"].get("gklom_forget_p50", np.nan), color="k", ls="--", lw=1,
+                       label="oracle vs oracle")
+        if "original" in report:
+            ax.scatter([report["original"].get("gklom_forget_p50", np.nan)], [floor], marker="x", s=60,
+                       color="k", label="original (rKL = 0)")
+        for i, (arm, y) in enumerate(zip(methods, ys)):
+            ax.scatter([report[arm].get("gklom_forget_p50", np.nan)], [max(y, floor)], s=45,
+                       marker=markers[i % len(markers)], label=arm)
         ax.set_xscale("symlog", linthresh=0.1)
         ax.set_yscale("log")
         ax.set_xlabel("forget: median Gaussian KLoM to the oracles (lower = closer to retraining)")
-        ax.set_ylabel("retain KL(original || unlearned)  (lower = less collateral)")
-        ax.set_title(f"Track {results['track']} / {results['scenario']} / split {split}, {results['seeds']} seeds")
+        ax.set_ylabel("retain KL(original || unlearned)\n(lower = less collateral)")
+        ax.set_title(f"Track {results['track']} / {results['scenario']} / fresh forget set {split}, "
+                     f"{results['seeds']} seeds")
         ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         out = path if len(results["report"]) == 1 else path.replace(".png", f"_split{split}.png")
-        fig.savefig(out, dpi=120)
+        fig.savefig(out, dpi=110)
         plt.close(fig)
 
 
@@ -140,9 +149,17 @@ def main(argv=None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] == "--render":  # markdown tables of saved results, no rerun
-        for path in argv[1:]:
+        paths, png_dir = list(argv[1:]), None
+        if "--png-dir" in paths:  # also redraw the trade-off plots from the saved results
+            i = paths.index("--png-dir")
+            png_dir = paths[i + 1]
+            del paths[i:i + 2]
+        for path in paths:
             with open(path) as f:
                 res = json.load(f)
+            if png_dir:
+                name = os.path.splitext(os.path.basename(path))[0] + ".png"
+                plot_tradeoff(res, os.path.join(png_dir, name))
             cols = COLUMNS_A if res["track"] == "A" else COLUMNS_B
             for split, report in res["report"].items():
                 print(f"\n### Track {res['track']} / {res['scenario']} (fresh forget set {split}, {res['seeds']} seeds, "
