@@ -9,8 +9,8 @@ For one track and scenario:
    method: its distance is the floor any method can reach (oracle-vs-oracle).
 2. **Tuning.**  On the tuning forget set (split 0) every method tries each configuration of its
    grid (the same budget for every method) on ``tune_seeds`` originals; the configuration with the
-   lowest median Gaussian KLoM on the forget set plus median Gaussian KLoM on the test set (close
-   to the oracles where it should change and where it should not) is kept.
+   lowest sum of the median Gaussian KLoM on the forget, retain and test sets (close to the
+   oracles where the model should change and where it should not) is kept.
 3. **Report.**  On fresh forget sets (splits 1, 2, ...) the chosen configuration runs on all N
    originals; everything is measured against the reference oracles, including the robustness
    probes (int8/int4 quantisation, relearning), for which the oracles get the same treatment.
