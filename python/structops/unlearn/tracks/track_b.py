@@ -71,6 +71,12 @@ def _exact_match(model, ids, labels) -> float:
     return float((correct.sum(1) == mask.sum(1)).float().mean())
 
 
+def _forget_truth_ratio(tr: np.ndarray) -> float:
+    """open-unlearning's forget aggregate mean(min(R, 1/R)); R = 0 (all mass on wrong answers)
+    counts as 0, without a division warning."""
+    return float(np.minimum(tr, 1 / np.maximum(tr, np.finfo(np.float64).tiny)).mean())
+
+
 def _truth_ratios(model, ids, labels, perturbed: list) -> np.ndarray:
     """R = mean_pert P(pert)^(1/|a|) / P(correct)^(1/|a|) per question."""
     base, _, _, _ = _answer_stats(model, ids, labels)
@@ -218,7 +224,7 @@ class TrackB(Track):
             "acc_world": float(w["acc"].mean()),
             "acc_add_test": float(a["acc"].mean()),
             "prob_forget": float(f["prob"].mean()),
-            "truth_ratio_forget": float(np.minimum(f["tr"], 1 / f["tr"]).mean()),
+            "truth_ratio_forget": _forget_truth_ratio(f["tr"]),
             "truth_ratio_retain": float(np.maximum(0, 1 - r["tr"]).mean()),
             "extraction_strength_forget": float(f["es"].mean()),
             "exact_memorization_forget": float(f["em"].mean()),
@@ -239,7 +245,7 @@ class TrackB(Track):
                 qm = quantize_rtn(model, bits)
                 qf = self._qa(qm, *x["forget_A"], *x["forget_B"], x["forget_perturbed"])
                 out[f"int{bits}_acc_forget"] = float(qf["acc"].mean())
-                out[f"int{bits}_truth_ratio_forget"] = float(np.minimum(qf["tr"], 1 / qf["tr"]).mean())
+                out[f"int{bits}_truth_ratio_forget"] = _forget_truth_ratio(qf["tr"])
                 out[f"int{bits}_margins_forget"] = qf["margin"]
             fa = x["forget_A"]
             out["relearn_acc_forget"] = np.array(relearn(
