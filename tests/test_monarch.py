@@ -373,16 +373,21 @@ def test_large_sqrt_n_shape_float32():
 
 @pytest.mark.parametrize("isa", available_isas())
 @pytest.mark.parametrize("blas", ["0", "1"])
-@pytest.mark.parametrize("shape", [(2, 8, 5, 2, 7, 8), (4, 16, 3, 4, 5, 16), (8, 40, 6, 8, 3, 40), (4, 36, 2, 4, 9, 36)])
-def test_narrow_second_factor_transposes(isa, blas, shape, cpu_isa, monkeypatch):
-    """l in {2, 4, 8} (fewer blocks than SIMD lanes) takes the shuffle-based narrow transpose for
-    P_mid / P_out: check y, the saved v and all gradients on every variant and both CPU paths."""
+@pytest.mark.parametrize("shape", [(2, 8, 5, 2, 7, 8), (4, 16, 3, 4, 5, 16), (8, 40, 6, 8, 3, 40), (4, 36, 2, 4, 9, 36),
+                                   # s >= 16: P_out takes the shuffle-based interleave (narrow output)
+                                   (4, 16, 3, 4, 37, 16), (2, 24, 5, 2, 64, 24), (8, 16, 7, 8, 16, 16)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_narrow_second_factor_transposes(isa, blas, shape, dtype, cpu_isa, monkeypatch):
+    """l in {2, 4, 8} (fewer blocks than SIMD lanes) takes the shuffle-based narrow transposes for
+    P_mid / P_out and their inverses: check y, the saved v and all gradients on every variant and
+    both CPU paths."""
     cpu_isa(isa)
     monkeypatch.setenv("STRUCTOPS_CPU_BLAS", blas)
     k, q, p, l, s, r = shape
-    x, w1, w2 = make(*shape, lead=(13,), requires_grad=True)
+    x, w1, w2 = make(*shape, lead=(13,), dtype=dtype, requires_grad=True)
     y = structops.monarch_matmul(x, w1, w2, recompute=False)
     g = torch.randn_like(y)
+    torch.testing.assert_close(y, reference.monarch_matmul(x, w1, w2))
     for a, b in zip(torch.autograd.grad(y, (x, w1, w2), g),
                     torch.autograd.grad(reference.monarch_matmul(x, w1, w2), (x, w1, w2), g)):
         torch.testing.assert_close(a, b)

@@ -16,6 +16,7 @@
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 
@@ -61,14 +62,17 @@ at::Tensor view(const void* ptr, at::IntArrayRef sizes, const at::TensorOptions&
   return at::from_blob(const_cast<void*>(ptr), sizes, opts);
 }
 
-// BLAS path rule: large blocks in both factors (p, q, r, s >= 128) and q % l == 0.
+// BLAS path rule: a block whose weights exceed 2 MiB (e.g. 1024 x 1024 fp32; our kernels keep
+// a tile's weights in L2 and have no further cache blocking) and q % l == 0.  Measured with
+// bench/bench_monarch.py: 8192 x 1024 with 4 blocks of 256 (and 128, 512) is faster fused,
+// 4096 x 4096 with 4 blocks of 1024 is faster on MKL.
 // STRUCTOPS_CPU_BLAS=0|1 forces the choice where the BLAS path applies (benchmarks, tests).
-bool use_blas(const MonarchDims& d) {
+bool use_blas(const MonarchDims& d, int64_t element_size) {
   const bool possible = !d.has_second_factor() || d.q % d.l == 0;
   if (!possible) return false;
   if (const char* env = std::getenv("STRUCTOPS_CPU_BLAS")) return env[0] == '1';
-  if (d.p < 128 || d.q < 128) return false;
-  return !d.has_second_factor() || (d.r >= 128 && d.s >= 128);
+  const int64_t block_elems = d.has_second_factor() ? std::max(d.p * d.q, d.r * d.s) : d.p * d.q;
+  return block_elems * element_size > (int64_t(2) << 20);
 }
 
 // P_mid is folded into the first-factor GEMMs (row-interleaved sub-blocks of q/l columns) when
@@ -227,13 +231,13 @@ struct CpuKernel {
     return at::from_blob(ptr, sizes, [capacity](void* p) { monarch_cpu_scratch_release(p, capacity); }, opts);
   }
   static void forward(const MonarchForwardParams& p, const at::Tensor& like) {
-    if (use_blas(p.dims))
+    if (use_blas(p.dims, like.element_size()))
       blas_forward(p, like.options());
     else
       monarch_forward_cpu(p, executor());
   }
   static void backward(const MonarchBackwardParams& p, const at::Tensor& like) {
-    if (use_blas(p.dims))
+    if (use_blas(p.dims, like.element_size()))
       blas_backward(p, like.options());
     else
       monarch_backward_cpu(p, executor());
