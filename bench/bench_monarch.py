@@ -85,8 +85,7 @@ def bench_case(tokens: int, n: int, nblocks: int, device: str, dtype, min_runs: 
     g = torch.randn(tokens, n, **kw)
 
     contenders = {
-        "structops": lambda: structops.monarch_matmul(x, w1, w2),  # default: recompute decided by size
-        "structops(save)": lambda: structops.monarch_matmul(x, w1, w2, recompute=False),
+        "structops": lambda: structops.monarch_matmul(x, w1, w2),  # default: saves the intermediate
         "structops(recompute)": lambda: structops.monarch_matmul(x, w1, w2, recompute=True),
         "bmm_reference": lambda: reference.monarch_matmul_bmm(x, w1, w2),
         "dense": lambda: F.linear(x, W),
@@ -123,7 +122,7 @@ def bench_case(tokens: int, n: int, nblocks: int, device: str, dtype, min_runs: 
         "fwd_vs_dense": results["dense"]["fwd_ms"] / so["fwd_ms"],
     }
     summary["fwd_bwd_of_ideal"] = summary["fwd_bwd_vs_dense"] / ideal
-    best = min(("structops", "structops(save)", "structops(recompute)"), key=lambda k: results[k]["fwd_bwd_ms"])
+    best = min(("structops", "structops(recompute)"), key=lambda k: results[k]["fwd_bwd_ms"])
     summary["best_structops_variant"] = best
     summary["best_fwd_bwd_vs_bmm"] = results["bmm_reference"]["fwd_bwd_ms"] / results[best]["fwd_bwd_ms"]
     summary["best_fwd_bwd_vs_dense"] = results["dense"]["fwd_bwd_ms"] / results[best]["fwd_bwd_ms"]

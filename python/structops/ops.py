@@ -97,15 +97,7 @@ def blockdiag_matmul(x: Tensor, w: Tensor) -> Tensor:
     return _ops.blockdiag_matmul(x, w)
 
 
-def _auto_recompute(w1: Tensor) -> bool:
-    """Recompute the intermediate in the backward when the first factor is cheap relative to the
-    memory traffic of saving it: blocks with p <= 64 inputs cost at most 64 multiply-adds per
-    saved element, less than writing, keeping and re-reading it (measured on CPU, see
-    docs/BENCHMARKS.md).  Larger blocks save it."""
-    return w1.shape[-1] <= 64
-
-
-def monarch_matmul(x: Tensor, w1: Tensor, w2: Tensor, *, recompute: bool | None = None) -> Tensor:
+def monarch_matmul(x: Tensor, w1: Tensor, w2: Tensor, *, recompute: bool = False) -> Tensor:
     """Monarch matmul ``y = x @ (P_out BD(w2) P_mid BD(w1)).T`` (fly's
     ``blockdiag_butterfly_multiply``), fused: no permuted copy is ever materialised.
 
@@ -114,14 +106,13 @@ def monarch_matmul(x: Tensor, w1: Tensor, w2: Tensor, *, recompute: bool | None 
         w1: (k, q, p) first block-diagonal factor.
         w2: (l, s, r) second factor, with l*r == k*q.
         recompute: if True, the backward recomputes the (..., k*q) intermediate instead of
-            saving it (less activation memory, one first-factor GEMM more work); False saves it;
-            None (default) recomputes when blocks are small (p <= 64), where it is also faster.
+            saving it (less activation memory, one first-factor GEMM more work).  The default
+            saves it, as fly does; it was the faster choice at every benchmarked shape on CPU
+            (docs/BENCHMARKS.md).  None means the default.
     Returns:
         (..., l*s).
     """
     _check_args("monarch_matmul", x, {"w1": w1, "w2": w2})
-    if recompute is None:
-        recompute = _auto_recompute(w1)
     if (
         not recompute
         and torch.is_grad_enabled()

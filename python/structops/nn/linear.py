@@ -141,12 +141,12 @@ class MonarchLinear(_StructuredLinear):
     Args:
         in_features, out_features, bias, device, dtype: as ``nn.Linear``.
         nblocks: number of blocks of each factor (fly uses 4 for GPT-2/ViT MLPs).
-        recompute: recompute the intermediate in backward instead of saving it (less memory);
-            None (default) lets monarch_matmul decide from the block size.
+        recompute: recompute the intermediate in backward instead of saving it (less memory,
+            slower); False (default) saves it, as fly does.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, nblocks: int = 4,
-                 device=None, dtype=None, recompute: bool | None = None):
+                 device=None, dtype=None, recompute: bool = False):
         super().__init__(in_features, out_features, bias, nblocks, device, dtype)
         self.recompute = recompute
         nb, ib, ob = nblocks, self.in_blksz, self.out_blksz
@@ -180,7 +180,7 @@ class MonarchLinear(_StructuredLinear):
 
     @classmethod
     def from_dense(cls, weight: Tensor, bias: Tensor | None = None, nblocks: int = 4,
-                   recompute: bool | None = None) -> "MonarchLinear":
+                   recompute: bool = False) -> "MonarchLinear":
         """A MonarchLinear whose factors are the Frobenius-optimal projection of ``weight``
         (out_features, in_features), zero-padded to the layer's extended size (fly's layout).
         ``layer.projection_rel_err`` records ||W - W_monarch||_F / ||W||_F."""
