@@ -6,8 +6,9 @@ forward+backward (``torch.autograd.grad`` for x and both factors, so no gradient
 is timed) and prints a table of medians, achieved GFLOP/s (Monarch FLOPs) and the ratios the
 performance targets are stated in:
 
-    vs_bmm     = t(fly-style bmm) / t(structops)
-    vs_dense   = t(dense F.linear, same in/out features) / t(structops)
+    vs_bmm     = t(fly-style bmm) / t(structops)                        (ratio of medians)
+    vs_dense   = t(dense F.linear, same in/out features) / t(structops)  (ratio of medians)
+    *_paired   = the same ratios taken per round, then the median over rounds
     ideal      = dense FLOPs / Monarch FLOPs = n / (2 * block)
     of_ideal   = vs_dense / ideal
 
@@ -53,10 +54,15 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def _interleaved_medians(fns: dict, device: str, min_runs: int, min_seconds: float) -> dict:
-    """Median wall time of every fn, timed round-robin (A, B, C, A, B, C, ...) so that slow
-    drifts of the machine (other tenants, clocks) hit all contenders alike.  One warm-up call
-    each; CUDA is synchronised around every call."""
+def _median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def _interleaved_times(fns: dict, device: str, min_runs: int, min_seconds: float) -> dict:
+    """Wall times of every fn, timed round-robin (A, B, C, A, B, C, ...) so that slow drifts of
+    the machine (other tenants, clocks) hit all contenders alike; one list per fn, entry i from
+    round i.  One warm-up call each; CUDA is synchronised around every call."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for fn in fns.values():
         fn()
@@ -71,7 +77,7 @@ def _interleaved_medians(fns: dict, device: str, min_runs: int, min_seconds: flo
             sync()
             times[name].append(time.perf_counter() - t0)
         rounds += 1
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    return times
 
 
 def bench_case(tokens: int, n: int, nblocks: int, device: str, dtype, min_runs: int, min_seconds: float):
@@ -103,9 +109,14 @@ def bench_case(tokens: int, n: int, nblocks: int, device: str, dtype, min_runs: 
             torch.autograd.grad(f(), inputs, g)
 
         fwd_fns[name], fwd_bwd_fns[name] = fwd, fwd_bwd
-    t_fwd = _interleaved_medians(fwd_fns, device, min_runs, min_seconds)
-    t_fwd_bwd = _interleaved_medians(fwd_bwd_fns, device, min_runs, min_seconds)
+    rounds_fwd = _interleaved_times(fwd_fns, device, min_runs, min_seconds)
+    rounds_fwd_bwd = _interleaved_times(fwd_bwd_fns, device, min_runs, min_seconds)
+    t_fwd = {name: _median(t) for name, t in rounds_fwd.items()}
+    t_fwd_bwd = {name: _median(t) for name, t in rounds_fwd_bwd.items()}
     results = {name: {"fwd_ms": 1e3 * t_fwd[name], "fwd_bwd_ms": 1e3 * t_fwd_bwd[name]} for name in contenders}
+
+    def paired(baseline):  # median over rounds of t(baseline) / t(structops) in the same round
+        return _median([b / a for a, b in zip(rounds_fwd_bwd["structops"], rounds_fwd_bwd[baseline])])
     monarch_flops = 4.0 * tokens * n * b  # two block-diagonal factors, forward
     dense_flops = 2.0 * tokens * n * n
     ideal = dense_flops / monarch_flops
@@ -122,6 +133,11 @@ def bench_case(tokens: int, n: int, nblocks: int, device: str, dtype, min_runs: 
         "fwd_vs_dense": results["dense"]["fwd_ms"] / so["fwd_ms"],
     }
     summary["fwd_bwd_of_ideal"] = summary["fwd_bwd_vs_dense"] / ideal
+    # The same ratios paired round by round: less sensitive to the machine changing speed
+    # between rounds (on a shared VM it does, by tens of percent).
+    summary["fwd_bwd_vs_bmm_paired"] = paired("bmm_reference")
+    summary["fwd_bwd_vs_dense_paired"] = paired("dense")
+    summary["rounds"] = len(rounds_fwd_bwd["structops"])
     best = min(("structops", "structops(recompute)"), key=lambda k: results[k]["fwd_bwd_ms"])
     summary["best_structops_variant"] = best
     summary["best_fwd_bwd_vs_bmm"] = results["bmm_reference"]["fwd_bwd_ms"] / results[best]["fwd_bwd_ms"]
@@ -187,6 +203,8 @@ def main(argv=None) -> int:
         s = r["summary"]
         print(f"{'':>17}fwd+bwd: {s['fwd_bwd_vs_bmm']:.2f}x vs bmm, {s['fwd_bwd_vs_dense']:.2f}x vs dense "
               f"(ideal {s['ideal_speedup_vs_dense']:.0f}x -> {s['fwd_bwd_of_ideal']:.2f} of ideal); "
+              f"paired per round: {s['fwd_bwd_vs_bmm_paired']:.2f}x vs bmm, "
+              f"{s['fwd_bwd_vs_dense_paired']:.2f}x vs dense ({s['rounds']} rounds); "
               f"best variant {s['best_structops_variant']}: {s['best_fwd_bwd_vs_bmm']:.2f}x vs bmm, "
               f"{s['best_fwd_bwd_vs_dense']:.2f}x vs dense ({s['best_fwd_bwd_of_ideal']:.2f} of ideal)")
         print()
