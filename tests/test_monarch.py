@@ -375,7 +375,9 @@ def test_large_sqrt_n_shape_float32():
 @pytest.mark.parametrize("blas", ["0", "1"])
 @pytest.mark.parametrize("shape", [(2, 8, 5, 2, 7, 8), (4, 16, 3, 4, 5, 16), (8, 40, 6, 8, 3, 40), (4, 36, 2, 4, 9, 36),
                                    # s >= 16: P_out takes the shuffle-based interleave (narrow output)
-                                   (4, 16, 3, 4, 37, 16), (2, 24, 5, 2, 64, 24), (8, 16, 7, 8, 16, 16)])
+                                   (4, 16, 3, 4, 37, 16), (2, 24, 5, 2, 64, 24), (8, 16, 7, 8, 16, 16),
+                                   # q/l = 64: P_mid folded into the first factor's packed weights
+                                   (2, 128, 8, 2, 16, 128), (4, 256, 3, 4, 5, 256)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_narrow_second_factor_transposes(isa, blas, shape, dtype, cpu_isa, monkeypatch):
     """l in {2, 4, 8} (fewer blocks than SIMD lanes) takes the shuffle-based narrow transposes for
@@ -387,10 +389,12 @@ def test_narrow_second_factor_transposes(isa, blas, shape, dtype, cpu_isa, monke
     x, w1, w2 = make(*shape, lead=(13,), dtype=dtype, requires_grad=True)
     y = structops.monarch_matmul(x, w1, w2, recompute=False)
     g = torch.randn_like(y)
-    torch.testing.assert_close(y, reference.monarch_matmul(x, w1, w2))
+    # float32: reductions of up to 256 products in a different order than the reference
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else {}
+    torch.testing.assert_close(y, reference.monarch_matmul(x, w1, w2), **tol)
     for a, b in zip(torch.autograd.grad(y, (x, w1, w2), g),
                     torch.autograd.grad(reference.monarch_matmul(x, w1, w2), (x, w1, w2), g)):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b, **tol)
     _, v = torch.ops.structops.monarch_matmul_fwd(x.detach(), w1.detach(), w2.detach())
     u = reference.blockdiag_matmul(x.detach(), w1.detach())
     torch.testing.assert_close(v, u.reshape(13, r, l).transpose(1, 2).reshape(13, k * q))
