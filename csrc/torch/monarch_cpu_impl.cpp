@@ -4,11 +4,11 @@
 // Two execution paths, chosen per call from the shapes (the benchmark decided the rule):
 //   * fused kernels (csrc/cpu): small and medium blocks, where a BLAS call per block would be
 //     dominated by overheads and copies;
-//   * "BLAS path": blocks too large for L2 (> 2 MiB of weights, e.g. 1024 x 1024).  Every block GEMM is one MKL/OpenBLAS call
-//     (at::mm_out) on a strided view.  P_mid is folded into the GEMMs by splitting each first-
-//     factor block into l row-interleaved sub-blocks when those are wide (q/l >= 128), else it is
-//     a row-wise transpose (permute_rows_cpu, vectorised); P_out is always such a transpose.
-//     Needs q % l == 0.  Temporaries come from the kernels' scratch cache, so repeated calls do
+//   * "BLAS path": blocks too large for L2 (> 2 MiB of weights, e.g. 1024 x 1024).  Every block
+//     GEMM is one MKL/OpenBLAS call (at::mm_out) on a strided view.  P_mid is folded into the
+//     GEMMs by splitting each first-factor block into l row-interleaved sub-blocks when those are
+//     wide (q/l >= 128), else it is a row-wise transpose (permute_rows_cpu, vectorised); P_out is
+//     always such a transpose.  Needs q % l == 0.  Temporaries come from the kernels' scratch cache, so repeated calls do
 //     not page-fault fresh memory.
 #include <ATen/Parallel.h>
 #include <ATen/ops/addmm.h>
