@@ -12,7 +12,8 @@ from structops import reference
 from conftest import available_isas
 
 # (k, q, p, l, s, r): square, sqrt(n) blocks (lane regime), rectangular k != l, odd sizes,
-# a single block, and large blocks (BLAS path on CPU).
+# a single block, and large blocks (fused kernels with P_mid folded on CPU; STRUCTOPS_CPU_BLAS=1
+# forces the BLAS path, which test_narrow_second_factor_transposes covers).
 SHAPES = [
     (4, 4, 4, 4, 4, 4),
     (16, 16, 16, 16, 16, 16),
