@@ -114,11 +114,15 @@ def test_from_dense_exact_on_monarch_and_optimal_otherwise():
 
 
 def test_bad_layer_input():
-    layer = MonarchLinear(16, 8)
-    with pytest.raises(ValueError, match="expected input with 16 features"):
-        layer(torch.randn(3, 15))
+    layer = MonarchLinear(14, 8)  # in_features_extended = 16
+    with pytest.raises(ValueError, match="expected input with at most 16 features"):
+        layer(torch.randn(3, 17))
     with pytest.raises(ValueError, match="in_features must be a positive int"):
         MonarchLinear(0, 8)
+    with pytest.raises(ValueError, match="bias must be a bool"):
+        MonarchLinear(16, 8, 4)  # the old (in, out, nblocks) order: nblocks is keyword-only now
+    with pytest.raises(TypeError, match="positional"):
+        MonarchLinear(16, 8, True, None, None, 4)
 
 
 def test_monarch_linear_autocast_bias_dtype():

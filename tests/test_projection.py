@@ -96,5 +96,5 @@ def test_bad_inputs():
         structops.monarch_project(torch.randn(8, 8), 2, 3)
     with pytest.raises(ValueError, match="mid=6.*divisible by nblocks1=4"):
         structops.monarch_project(torch.randn(8, 8), 4, 2, 6)
-    with pytest.raises(ValueError, match="floating point"):
+    with pytest.raises(ValueError, match="floating-point or complex"):
         structops.monarch_project(torch.ones(4, 4, dtype=torch.long))

@@ -1,58 +1,43 @@
-// CUDA block-diagonal / Monarch forward and backward: host-side orchestration of strided batched
-// GEMMs (strided_bmm.h).  Torch-free.  See structops/monarch.h for the math and layouts.
+// CUDA block-diagonal / Monarch forward and backward: host-side orchestration of the shared GEMM
+// engine (csrc/cuda/gemm/gemm.h).  Torch-free.  See structops/monarch.h for the math and layouts.
 //
-// With u[t, i*q + a] (the first factor's output, u layout) every GEMM is one batched launch:
+// Every block GEMM is one batched launch over the blocks with plain row/column-major operands,
+// so the tensor-core kernels apply; the permutations are row transposes between the GEMMs.
+// Per token: u = BD(w1) x, v = P_mid u, w = BD(w2) v, y = P_out w.
 //
-//   GEMM   batch  m x n x k      A (row, col, batch)           B (row=k, col=n, batch)    C (row, col, batch)
-//   F1     k      B x q x p      x  (xs, 1, p)                 w1 (1, p, q*p)             u  (kq, 1, q)
-//   F2     l      B x s x r      u  (kq, l, 1)        [P_mid]  w2 (1, r, s*r)             y  (m, l, 1)     [P_out]
-//   dU     l      B x r x s      dy (dys, l, 1)       [P_out]  w2 (r, 1, s*r)             dU (kq, l, 1)    [P_mid]
-//   dW2    l      s x r x B      dy (l, dys, 1)                u  (kq, l, 1)              dw2 (r, 1, s*r)
-//   dx     k      B x p x q      dU (kq, 1, q)                 w1 (p, 1, q*p)             dx (n, 1, p)
-//   dW1    k      q x p x B      dU (1, kq, q)                 x  (xs, 1, p)              dw1 (p, 1, q*p)
+//   step   batch  m x n x k     A (layout, ld, batch stride)   B (layout, ld, batch stride)   C (ld, bs)
+//   F1     k      B x q x p     x   (row, xs, p)               w1 (col, p, q*p)  = w1[i]^T     u  (kq, q)
+//   P_mid                       v[t, lm*r + rh] = u[t, rh*l + lm]        transpose (a=r, b=l)
+//   F2     l      B x s x r     v   (row, kq, r)               w2 (col, r, s*r)  = w2[lm]^T    w  (m, s)
+//   P_out                       y[t, sg*l + lm] = w[t, lm*s + sg]        transpose (a=l, b=s)
+// backward (dw = P_out^T dy, dV = dL/dv, dU = dL/du):
+//   P_out^T                     dw[t, lm*s + sg] = dy[t, sg*l + lm]      transpose (a=s, b=l)
+//   dW2    l      s x r x B     dw  (col, m, s)  = dw^T        v  (row, kq, r)                 fp32 parts (r, s*r)
+//   dV     l      B x r x s     dw  (row, m, s)                w2 (row, r, s*r)                dV (kq, r)
+//   P_mid^T                     dU[t, rh*l + lm] = dV[t, lm*r + rh]      transpose (a=l, b=r)
+//   dx     k      B x p x q     dU  (row, kq, q)               w1 (row, p, q*p)                dx (n, p)
+//   dW1    k      q x p x B     dU  (col, kq, q) = dU^T        x  (row, xs, p)                 fp32 parts (p, q*p)
 //
-// The weight-gradient GEMMs reduce over all tokens; they run as `splits` launches over token
-// ranges writing float partials that reduce_splits sums in order (deterministic).
+// The weight-gradient GEMMs reduce over all tokens.  With the CUTLASS engine they run as `splits`
+// launches over token ranges (gemm::token_splits: from the SM count and the output tile count)
+// writing fp32 partials that reduce_splits sums in split order and converts (deterministic, no
+// atomics).  With the cuBLAS engine they are one GEMM writing the gradient directly.
 
 #include <cuda_runtime_api.h>
 
-#include "strided_bmm.h"
+#include "gemm/gemm.h"
 #include "structops/monarch.h"
 
 namespace structops {
 namespace cuda {
-
-const char* strided_bmm(DType dtype, const StridedBmm& p, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::kFloat32: return strided_bmm_f32(p, stream);
-    case DType::kFloat64: return strided_bmm_f64(p, stream);
-    case DType::kBFloat16: return strided_bmm_bf16(p, stream);
-    case DType::kFloat16: return strided_bmm_f16(p, stream);
-  }
-  return "strided_bmm: unsupported dtype";
-}
-
 namespace {
 
-int64_t elem_size(DType t) {
-  switch (t) {
-    case DType::kFloat64: return 8;
-    case DType::kFloat32: return 4;
-    default: return 2;
-  }
-}
-int64_t acc_size(DType t) { return t == DType::kFloat64 ? 8 : 4; }
+using gemm::BatchedGemm;
+using gemm::Layout;
+using gemm::MatrixRef;
 
 int64_t align_up(int64_t bytes) { return (bytes + 255) / 256 * 256; }
-
-// Token splits for the weight-gradient reductions: enough CTAs to fill a GPU when the output
-// (the weights) is small, at most 16 partial copies of the weights.
-int token_splits(int64_t batch) {
-  int64_t s = batch / 8192;
-  if (s < 1) s = 1;
-  if (s > 16) s = 16;
-  return static_cast<int>(s);
-}
+int64_t acc_size(DType t) { return t == DType::kFloat64 ? 8 : 4; }
 
 const char* check_int(const MonarchDims& d) {
   const int64_t lim = (int64_t(1) << 31) - 1;
@@ -77,59 +62,102 @@ struct Ptr {
     if (_err != nullptr) return _err; \
   } while (0)
 
-// u = BD(w1) x for tokens [t0, t0 + rows)
-StridedBmm first_factor(const MonarchDims& d, const void* x, int64_t xs, const void* w1, void* u) {
-  StridedBmm g;
-  g.m = static_cast<int>(d.batch); g.n = static_cast<int>(d.q); g.k = static_cast<int>(d.p);
-  g.batch = static_cast<int>(d.k);
-  g.a = x; g.sa = {xs, 1, d.p};
-  g.b = w1; g.sb = {1, d.p, d.q * d.p};
-  g.c = u; g.sc = {d.mid(), 1, d.q};
+MatrixRef ref(const void* ptr, int64_t ld, int64_t batch_stride, Layout layout) {
+  MatrixRef r;
+  r.ptr = ptr; r.ld = ld; r.batch_stride = batch_stride; r.layout = layout;
+  return r;
+}
+
+BatchedGemm make_gemm(DType dt, int64_t m, int64_t n, int64_t k, int64_t batch, MatrixRef a, MatrixRef b, void* c,
+                      int64_t ldc, int64_t sc) {
+  BatchedGemm g;
+  g.m = static_cast<int>(m); g.n = static_cast<int>(n); g.k = static_cast<int>(k); g.batch = static_cast<int>(batch);
+  g.dtype = dt; g.a = a; g.b = b; g.c = c; g.ldc = ldc; g.batch_stride_c = sc;
   return g;
 }
 
-}  // namespace
+// u = BD(w1) x, written with row stride ldu (u may be y for the block-diagonal op).
+BatchedGemm first_factor(const MonarchDims& d, DType dt, const void* x, int64_t xs, const void* w1, void* u,
+                         int64_t ldu) {
+  return make_gemm(dt, d.batch, d.q, d.p, d.k, ref(x, xs, d.p, Layout::kRowMajor),
+                   ref(w1, d.p, d.q * d.p, Layout::kColumnMajor), u, ldu, d.q);
+}
 
+bool splits_allowed(const CudaOptions& o) { return o.engine == GemmEngine::kCutlass; }
+
+int weight_grad_splits(const MonarchDims& d, DType dt, const CudaOptions& o, int64_t m, int64_t n, int64_t blocks) {
+  if (!splits_allowed(o)) return 1;
+  return gemm::token_splits(d.batch, gemm::output_tiles(m, n, dt) * blocks, o.sm_count);
+}
+
+// Does the weight gradient go through fp32 partials (+ reduce_splits)?  Always with the CUTLASS
+// engine for 16-bit dtypes (the tensor-op weight-gradient kernels write fp32) and whenever there
+// is more than one split.
+bool uses_partials(DType dt, const CudaOptions& o, int splits) {
+  if (!splits_allowed(o)) return false;
+  return splits > 1 || dt == DType::kBFloat16 || dt == DType::kFloat16;
+}
+
+}  // namespace
 }  // namespace cuda
 
 int64_t monarch_forward_cuda_workspace(const MonarchForwardParams& p) {
+  using namespace cuda;
   const MonarchDims& d = p.dims;
-  if (!d.has_second_factor() || p.v) return 0;
-  return cuda::align_up(d.batch * d.mid() * cuda::elem_size(p.dtype));
+  if (!d.has_second_factor()) return 0;
+  const int64_t es = dtype_size(p.dtype);
+  const int64_t wide = d.mid() > d.m() ? d.mid() : d.m();
+  int64_t bytes = align_up(d.batch * wide * es);         // u, then w
+  if (!p.v) bytes += align_up(d.batch * d.mid() * es);   // v when it is not saved
+  return bytes;
 }
 
 const char* monarch_forward_cuda(const MonarchForwardParams& p, CudaWorkspace ws, void* stream_ptr) {
   using namespace cuda;
   const MonarchDims& d = p.dims;
+  const CudaOptions& o = p.cuda;
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   if (d.batch == 0) return nullptr;
   STRUCTOPS_TRY(check_int(d));
   if (ws.bytes < monarch_forward_cuda_workspace(p)) return "monarch_forward_cuda: workspace too small";
-  if (!d.has_second_factor()) return strided_bmm(p.dtype, first_factor(d, p.x, p.x_stride, p.w1, p.y), stream);
+  if (!d.has_second_factor())
+    return gemm::batched_gemm(first_factor(d, p.dtype, p.x, p.x_stride, p.w1, p.y, d.mid()), o, stream);
 
-  void* u = p.v ? p.v : ws.ptr;  // CUDA saves u (see monarch.h)
-  STRUCTOPS_TRY(strided_bmm(p.dtype, first_factor(d, p.x, p.x_stride, p.w1, u), stream));
-  StridedBmm g;  // F2: y[t, sg*l + lm] = sum_rh u[t, rh*l + lm] w2[lm, sg, rh]
-  g.m = static_cast<int>(d.batch); g.n = static_cast<int>(d.s); g.k = static_cast<int>(d.r);
-  g.batch = static_cast<int>(d.l);
-  g.a = u; g.sa = {d.mid(), d.l, 1};
-  g.b = p.w2; g.sb = {1, d.r, d.s * d.r};
-  g.c = p.y; g.sc = {d.m(), d.l, 1};
-  return strided_bmm(p.dtype, g, stream);
+  const int64_t es = dtype_size(p.dtype);
+  Ptr alloc(ws.ptr);
+  const int64_t wide = d.mid() > d.m() ? d.mid() : d.m();
+  void* uw = alloc.take(d.batch * wide * es);  // u, later w
+  void* v = p.v ? p.v : alloc.take(d.batch * d.mid() * es);
+  STRUCTOPS_TRY(gemm::batched_gemm(first_factor(d, p.dtype, p.x, p.x_stride, p.w1, uw, d.mid()), o, stream));
+  STRUCTOPS_TRY(gemm::transpose_rows(p.dtype, uw, d.mid(), v, d.mid(), d.batch, d.r, d.l, stream));   // P_mid
+  STRUCTOPS_TRY(gemm::batched_gemm(make_gemm(p.dtype, d.batch, d.s, d.r, d.l, ref(v, d.mid(), d.r, Layout::kRowMajor),
+                                             ref(p.w2, d.r, d.s * d.r, Layout::kColumnMajor), uw, d.m(), d.s),
+                                   o, stream));
+  return gemm::transpose_rows(p.dtype, uw, d.m(), p.y, d.m(), d.batch, d.l, d.s, stream);            // P_out
 }
 
 int64_t monarch_backward_cuda_workspace(const MonarchBackwardParams& p) {
   using namespace cuda;
   const MonarchDims& d = p.dims;
+  const CudaOptions& o = p.cuda;
   const bool second = d.has_second_factor();
-  const int64_t es = elem_size(p.dtype), as = acc_size(p.dtype);
+  const int64_t es = dtype_size(p.dtype), as = acc_size(p.dtype);
   int64_t bytes = 0;
-  if (second && (p.dx || p.dw1)) bytes += align_up(d.batch * d.mid() * es);   // dU
-  if (second && p.dw2 && !p.v) bytes += align_up(d.batch * d.mid() * es);     // recomputed u
-  const int splits = token_splits(d.batch);
-  if (splits > 1) {
-    if (p.dw1) bytes += align_up(splits * d.k * d.q * d.p * as);
-    if (second && p.dw2) bytes += align_up(splits * d.l * d.s * d.r * as);
+  if (second) {
+    bytes += align_up(d.batch * d.m() * es);  // dw = P_out^T dy
+    const bool need_du = p.dx || p.dw1;
+    const bool recompute_v = p.dw2 && !p.v;
+    // buffer A: recomputed v, then dV;  buffer B: recomputed u, then dU
+    if (need_du || recompute_v) bytes += align_up(d.batch * d.mid() * es);
+    if (need_du || recompute_v) bytes += align_up(d.batch * d.mid() * es);
+    if (p.dw2) {
+      const int sp = weight_grad_splits(d, p.dtype, o, d.s, d.r, d.l);
+      if (uses_partials(p.dtype, o, sp)) bytes += align_up(sp * d.l * d.s * d.r * as);
+    }
+  }
+  if (p.dw1) {
+    const int sp = weight_grad_splits(d, p.dtype, o, d.q, d.p, d.k);
+    if (uses_partials(p.dtype, o, sp)) bytes += align_up(sp * d.k * d.q * d.p * as);
   }
   return bytes;
 }
@@ -137,9 +165,10 @@ int64_t monarch_backward_cuda_workspace(const MonarchBackwardParams& p) {
 const char* monarch_backward_cuda(const MonarchBackwardParams& p, CudaWorkspace ws, void* stream_ptr) {
   using namespace cuda;
   const MonarchDims& d = p.dims;
+  const CudaOptions& o = p.cuda;
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   const bool second = d.has_second_factor();
-  const int64_t es = elem_size(p.dtype), as = acc_size(p.dtype);
+  const int64_t es = dtype_size(p.dtype), as = acc_size(p.dtype);
   const int64_t w1_size = d.k * d.q * d.p, w2_size = second ? d.l * d.s * d.r : 0;
   void* dw2 = second ? p.dw2 : nullptr;
   if (d.batch == 0) {  // empty batch: weight gradients are zero
@@ -150,84 +179,77 @@ const char* monarch_backward_cuda(const MonarchBackwardParams& p, CudaWorkspace 
   STRUCTOPS_TRY(check_int(d));
   if (ws.bytes < monarch_backward_cuda_workspace(p)) return "monarch_backward_cuda: workspace too small";
   Ptr alloc(ws.ptr);
-  const int splits = token_splits(d.batch);
-  const int64_t per_split = (d.batch + splits - 1) / splits;
 
-  // Weight gradient C[b](i, j) = sum over tokens of A[b](i, t) B[b](t, j), split over tokens.
-  // a_t / b_t: element stride of A / B per token (the K dimension).
-  auto weight_grad = [&](StridedBmm g, int64_t a_t, int64_t b_t, void* out, int64_t out_size) -> const char* {
-    if (splits == 1) {
+  // Weight gradient: C[blk] (mo x no) = sum over tokens t of A[blk](:, t) B[blk](t, :).
+  // a_t / b_t: element offset of token t in A / B.  Token ranges [sp*per, (sp+1)*per).
+  auto weight_grad = [&](BatchedGemm g, int64_t a_t, int64_t b_t, void* out, int64_t out_size,
+                         int64_t blocks) -> const char* {
+    const int splits = weight_grad_splits(d, p.dtype, o, g.m, g.n, blocks);
+    if (!uses_partials(p.dtype, o, splits)) {
       g.k = static_cast<int>(d.batch);
       g.c = out;
-      return strided_bmm(p.dtype, g, stream);
+      return gemm::batched_gemm(g, o, stream);
     }
     void* parts = alloc.take(splits * out_size * as);
-    const void* a0 = g.a;
-    const void* b0 = g.b;
+    const int64_t per = (d.batch + splits - 1) / splits;
     for (int sp = 0; sp < splits; ++sp) {
-      const int64_t t0 = sp * per_split;
-      const int64_t rows = t0 < d.batch ? (d.batch - t0 < per_split ? d.batch - t0 : per_split) : 0;
-      StridedBmm gs = g;
+      const int64_t t0 = sp * per;
+      const int64_t rows = t0 < d.batch ? (d.batch - t0 < per ? d.batch - t0 : per) : 0;
+      BatchedGemm gs = g;
       gs.k = static_cast<int>(rows);
-      gs.a = static_cast<const char*>(a0) + t0 * a_t * es;
-      gs.b = static_cast<const char*>(b0) + t0 * b_t * es;
+      gs.a.ptr = static_cast<const char*>(g.a.ptr) + t0 * a_t * es;
+      gs.b.ptr = static_cast<const char*>(g.b.ptr) + t0 * b_t * es;
       gs.c = static_cast<char*>(parts) + sp * out_size * as;
       gs.c_acc = true;
       if (rows == 0) {
         if (cudaMemsetAsync(gs.c, 0, out_size * as, stream) != cudaSuccess) return "cudaMemsetAsync failed";
         continue;
       }
-      STRUCTOPS_TRY(strided_bmm(p.dtype, gs, stream));
+      STRUCTOPS_TRY(gemm::batched_gemm(gs, o, stream));
     }
-    return reduce_splits(p.dtype, parts, out_size, splits, out, stream);
+    return gemm::reduce_splits(p.dtype, parts, out_size, splits, out, stream);
   };
 
   const void* dU = p.dy;  // block-diagonal op: dU = dy
   int64_t ldu = p.dy_stride;
   if (second) {
+    void* dw = alloc.take(d.batch * d.m() * es);
+    const bool need_du = p.dx || p.dw1;
+    const bool recompute_v = dw2 && !p.v;
+    void* buf_a = (need_du || recompute_v) ? alloc.take(d.batch * d.mid() * es) : nullptr;
+    void* buf_b = (need_du || recompute_v) ? alloc.take(d.batch * d.mid() * es) : nullptr;
+    STRUCTOPS_TRY(gemm::transpose_rows(p.dtype, p.dy, p.dy_stride, dw, d.m(), d.batch, d.s, d.l, stream));  // P_out^T
     if (dw2) {
-      const void* u = p.v;
-      if (!u) {
-        void* ub = alloc.take(d.batch * d.mid() * es);
-        STRUCTOPS_TRY(strided_bmm(p.dtype, first_factor(d, p.x, p.x_stride, p.w1, ub), stream));
-        u = ub;
+      const void* v = p.v;
+      if (!v) {  // recompute: u -> buf_b, v -> buf_a
+        STRUCTOPS_TRY(gemm::batched_gemm(first_factor(d, p.dtype, p.x, p.x_stride, p.w1, buf_b, d.mid()), o, stream));
+        STRUCTOPS_TRY(gemm::transpose_rows(p.dtype, buf_b, d.mid(), buf_a, d.mid(), d.batch, d.r, d.l, stream));
+        v = buf_a;
       }
-      StridedBmm g;  // dW2[lm](sg, rh) = sum_t dy[t, sg*l + lm] u[t, rh*l + lm]
-      g.m = static_cast<int>(d.s); g.n = static_cast<int>(d.r); g.batch = static_cast<int>(d.l);
-      g.a = p.dy; g.sa = {d.l, p.dy_stride, 1};
-      g.b = u; g.sb = {d.mid(), d.l, 1};
-      g.sc = {d.r, 1, d.s * d.r};
-      STRUCTOPS_TRY(weight_grad(g, p.dy_stride, d.mid(), dw2, w2_size));
+      // dW2[lm] (s x r) = dw_lm^T v_lm
+      BatchedGemm g = make_gemm(p.dtype, d.s, d.r, 0, d.l, ref(dw, d.m(), d.s, Layout::kColumnMajor),
+                                ref(v, d.mid(), d.r, Layout::kRowMajor), nullptr, d.r, d.s * d.r);
+      STRUCTOPS_TRY(weight_grad(g, d.m(), d.mid(), dw2, w2_size, d.l));
     }
-    if (p.dx || p.dw1) {
-      void* dub = alloc.take(d.batch * d.mid() * es);
-      StridedBmm g;  // dU[t, rh*l + lm] = sum_sg dy[t, sg*l + lm] w2[lm, sg, rh]
-      g.m = static_cast<int>(d.batch); g.n = static_cast<int>(d.r); g.k = static_cast<int>(d.s);
-      g.batch = static_cast<int>(d.l);
-      g.a = p.dy; g.sa = {p.dy_stride, d.l, 1};
-      g.b = p.w2; g.sb = {d.r, 1, d.s * d.r};
-      g.c = dub; g.sc = {d.mid(), d.l, 1};
-      STRUCTOPS_TRY(strided_bmm(p.dtype, g, stream));
-      dU = dub;
+    if (need_du) {
+      // dV[t, lm*r + rh] = sum_sg dw[t, lm*s + sg] w2[lm, sg, rh]   -> buf_a (v is no longer needed)
+      STRUCTOPS_TRY(gemm::batched_gemm(make_gemm(p.dtype, d.batch, d.r, d.s, d.l, ref(dw, d.m(), d.s, Layout::kRowMajor),
+                                                 ref(p.w2, d.r, d.s * d.r, Layout::kRowMajor), buf_a, d.mid(), d.r),
+                                       o, stream));
+      STRUCTOPS_TRY(gemm::transpose_rows(p.dtype, buf_a, d.mid(), buf_b, d.mid(), d.batch, d.l, d.r, stream));  // P_mid^T
+      dU = buf_b;
       ldu = d.mid();
     }
   }
-  if (p.dx) {
-    StridedBmm g;  // dx[t, i*p + c] = sum_a dU[t, i*q + a] w1[i, a, c]
-    g.m = static_cast<int>(d.batch); g.n = static_cast<int>(d.p); g.k = static_cast<int>(d.q);
-    g.batch = static_cast<int>(d.k);
-    g.a = dU; g.sa = {ldu, 1, d.q};
-    g.b = p.w1; g.sb = {d.p, 1, d.q * d.p};
-    g.c = p.dx; g.sc = {d.n(), 1, d.p};
-    STRUCTOPS_TRY(strided_bmm(p.dtype, g, stream));
+  if (p.dx) {  // dx[t, i*p + c] = sum_a dU[t, i*q + a] w1[i, a, c]
+    STRUCTOPS_TRY(gemm::batched_gemm(make_gemm(p.dtype, d.batch, d.p, d.q, d.k, ref(dU, ldu, d.q, Layout::kRowMajor),
+                                               ref(p.w1, d.p, d.q * d.p, Layout::kRowMajor), p.dx, d.n(), d.p),
+                                     o, stream));
   }
-  if (p.dw1) {
-    StridedBmm g;  // dW1[i](a, c) = sum_t dU[t, i*q + a] x[t, i*p + c]
-    g.m = static_cast<int>(d.q); g.n = static_cast<int>(d.p); g.batch = static_cast<int>(d.k);
-    g.a = dU; g.sa = {1, ldu, d.q};
-    g.b = p.x; g.sb = {p.x_stride, 1, d.p};
-    g.sc = {d.p, 1, d.q * d.p};
-    STRUCTOPS_TRY(weight_grad(g, ldu, p.x_stride, p.dw1, w1_size));
+  if (p.dw1) {  // dW1[i] (q x p) = dU_i^T x_i
+    BatchedGemm g = make_gemm(p.dtype, d.q, d.p, 0, d.k, ref(dU, ldu, d.q, Layout::kColumnMajor),
+                              ref(p.x, p.x_stride, d.p, Layout::kRowMajor), nullptr, d.p, d.q * d.p);
+    STRUCTOPS_TRY(weight_grad(g, ldu, p.x_stride, p.dw1, w1_size, d.k));
   }
   return nullptr;
 }

@@ -66,7 +66,8 @@ inline MonarchDims check_inputs(const char* op, const at::Tensor& x, const at::T
     TORCH_CHECK(w1.device() == x.device(), op, ": x and ", w1_name, " must be on the same device, got x: ", x.device(),
                 ", ", w1_name, ": ", w1.device());
   }
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": expected a floating-point dtype, got ", x.scalar_type());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()) || at::isComplexType(x.scalar_type()), op,
+              ": expected a floating-point or complex dtype, got ", x.scalar_type());
   d.batch = n == 0 ? x.numel() : x.numel() / n;
   if (n == 0) {
     d.batch = 1;

@@ -1,5 +1,6 @@
 // CPU registration: ATen glue around the torch-free kernels of csrc/cpu.
-// Native dtypes: float32, float64; bfloat16/float16 are computed in float32 and cast back.
+// Native dtypes: float32, float64; bfloat16/float16 are computed in float32 and cast back;
+// complex64/complex128 go through ComplexMonarch (monarch_ops.h: batched ATen GEMMs).
 //
 // Two execution paths, chosen per call from the shapes (the benchmark decided the rule):
 //   * fused kernels (csrc/cpu): small and medium blocks, where a BLAS call per block would be
@@ -217,6 +218,8 @@ void blas_backward(const MonarchBackwardParams& p, const at::TensorOptions& opts
 }
 
 struct CpuKernel {
+  static constexpr bool kComplex = true;
+  static constexpr const char* kName = "CPU";
   static bool native(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
   // Large outputs come from the kernels' recycling cache and return to it when the tensor dies:
   // a fresh allocation of this size is an mmap whose first touch page-faults every page, which
@@ -230,13 +233,13 @@ struct CpuKernel {
     void* ptr = monarch_cpu_scratch_acquire(bytes, &capacity);
     return at::from_blob(ptr, sizes, [capacity](void* p) { monarch_cpu_scratch_release(p, capacity); }, opts);
   }
-  static void forward(const MonarchForwardParams& p, const at::Tensor& like) {
+  static void forward(MonarchForwardParams& p, const at::Tensor& like) {
     if (use_blas(p.dims, like.element_size()))
       blas_forward(p, like.options());
     else
       monarch_forward_cpu(p, executor());
   }
-  static void backward(const MonarchBackwardParams& p, const at::Tensor& like) {
+  static void backward(MonarchBackwardParams& p, const at::Tensor& like) {
     if (use_blas(p.dims, like.element_size()))
       blas_backward(p, like.options());
     else

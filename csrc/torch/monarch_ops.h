@@ -5,11 +5,15 @@
 //   static void forward(const MonarchForwardParams&, const at::Tensor& like)
 //   static void backward(const MonarchBackwardParams&, const at::Tensor& like)
 //   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions&)   output allocation
+//   static constexpr bool kComplex                whether complex64/complex128 are supported
+//                                                 (computed by ComplexMonarch below)
+//   static constexpr const char* kName            backend name for error messages
 // The bodies validate, reshape to (batch, features) rows, allocate outputs, fill the params
 // struct and call the kernel.  No data is copied unless x is not row-addressable.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Optional.h>
@@ -24,6 +28,54 @@ namespace torch_impl {
 
 inline bool need_x_for(const std::array<bool, 3>& mask, bool have_v) { return mask[1] || (mask[2] && !have_v); }
 
+// complex64 / complex128 (fly's ops take them: the DFT is a Monarch matrix).  Batched ATen GEMMs
+// (MKL cgemm/zgemm on CPU) on block views of the same four steps; gradients follow torch's
+// convention for complex autograd (conjugate Wirtinger): dx = dy conj(M), dW = dy^T conj(x)
+// block by block, as fly's backward.
+struct ComplexMonarch {
+  // x2 (B, n) -> (y (B, m), v (B, k*q) or undefined)
+  static std::tuple<at::Tensor, at::Tensor> forward(const MonarchDims& d, const at::Tensor& x2, const at::Tensor& w1,
+                                                    const at::Tensor* w2) {
+    const at::Tensor xb = x2.reshape({d.batch, d.k, d.p}).transpose(0, 1);                          // (k, B, p)
+    at::Tensor u = at::bmm(xb, w1.transpose(1, 2)).transpose(0, 1).reshape({d.batch, d.mid()});  // u layout
+    if (!w2) return {u, at::Tensor()};
+    const at::Tensor v = u.view({d.batch, d.r, d.l}).transpose(1, 2).reshape({d.batch, d.mid()});   // P_mid
+    const at::Tensor w = at::bmm(v.view({d.batch, d.l, d.r}).transpose(0, 1), w2->transpose(1, 2));  // (l, B, s)
+    return {w.permute({1, 2, 0}).reshape({d.batch, d.m()}), v};                                      // P_out
+  }
+  // grads of (x, w1, w2); v is recomputed when undefined
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const MonarchDims& d, const at::Tensor& g2,
+                                                                 const at::Tensor& x2, const at::Tensor& w1,
+                                                                 const at::Tensor* w2, at::Tensor v,
+                                                                 std::array<bool, 3> mask) {
+    at::Tensor dx, dw1, dw2, dUb;  // dUb: (k, B, q)
+    if (w2) {
+      const at::Tensor dW = g2.reshape({d.batch, d.s, d.l}).permute({2, 0, 1});  // (l, B, s)
+      if (mask[2]) {
+        if (!v.defined()) v = std::get<1>(forward(d, x2, w1, w2));
+        dw2 = at::bmm(dW.transpose(1, 2), v.reshape({d.batch, d.l, d.r}).transpose(0, 1).conj());
+      }
+      if (mask[0] || mask[1]) {
+        const at::Tensor dV = at::bmm(dW, w2->conj());                         // (l, B, r)
+        const at::Tensor dU = dV.permute({1, 2, 0}).reshape({d.batch, d.mid()});  // P_mid^T: u layout
+        dUb = dU.view({d.batch, d.k, d.q}).transpose(0, 1);
+      }
+    } else {
+      dUb = g2.reshape({d.batch, d.k, d.q}).transpose(0, 1);
+    }
+    if (mask[0]) dx = at::bmm(dUb, w1.conj()).transpose(0, 1).reshape({d.batch, d.n()});
+    if (mask[1]) dw1 = at::bmm(dUb.transpose(1, 2), x2.reshape({d.batch, d.k, d.p}).transpose(0, 1).conj());
+    return {dx, dw1, dw2};
+  }
+};
+
+template <class Kernel>
+void check_complex_supported(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(!at::isComplexType(x.scalar_type()) || Kernel::kComplex, op, ": complex inputs (", x.scalar_type(),
+              ") are supported on CPU only, not on ", Kernel::kName,
+              "; compute on the CPU or split into real and imaginary parts");
+}
+
 template <class Kernel>
 struct MonarchOps {
   // Forward of blockdiag_matmul (w2 == nullptr) and monarch_matmul[_fwd].  Returns (y, v); v (the
@@ -31,6 +83,13 @@ struct MonarchOps {
   static std::tuple<at::Tensor, at::Tensor> forward(const char* op, const at::Tensor& x_in, const at::Tensor& w1_in,
                                                     const at::Tensor* w2_in, bool save_v) {
     MonarchDims d = check_inputs(op, x_in, w1_in, w2_in, w2_in ? "w1" : "w");
+    check_complex_supported<Kernel>(op, x_in);
+    if (at::isComplexType(x_in.scalar_type())) {
+      auto [y, v] = ComplexMonarch::forward(d, x_in.reshape({d.batch, d.n()}), w1_in, w2_in);
+      y = y.view(out_shape(x_in, d.m()));
+      if (save_v) return {y, v.view(out_shape(x_in, d.mid()))};
+      return {y, at::Tensor()};
+    }
     const at::ScalarType out_type = x_in.scalar_type();
     const bool upcast = !Kernel::native(out_type);
     const at::Tensor x = upcast ? x_in.to(at::kFloat) : x_in;
@@ -86,6 +145,19 @@ struct MonarchOps {
                   ": v must match x in dtype and device");
     }
     if (!w2_in) mask[2] = false;
+    check_complex_supported<Kernel>(op, x_in);
+    if (at::isComplexType(x_in.scalar_type())) {
+      const bool need_x = need_x_for(mask, have_v);
+      auto [dx, dw1, dw2] = ComplexMonarch::backward(d, grad_in.reshape({d.batch, d.m()}),
+                                                     need_x ? x_in.reshape({d.batch, d.n()}) : at::Tensor(), w1_in,
+                                                     w2_in, have_v ? v_in->reshape({d.batch, d.mid()}) : at::Tensor(),
+                                                     mask);
+      auto fin = [&](const at::Tensor& t, bool wanted, at::IntArrayRef shape) {
+        return wanted ? t.reshape(shape) : at::empty({0}, x_in.options());
+      };
+      return {fin(dx, mask[0], x_in.sizes()), fin(dw1, mask[1], w1_in.sizes()),
+              fin(dw2, mask[2], w2_in ? w2_in->sizes() : at::IntArrayRef{})};
+    }
 
     const at::ScalarType out_type = x_in.scalar_type();
     const bool upcast = !Kernel::native(out_type);

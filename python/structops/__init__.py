@@ -5,6 +5,7 @@
     y = structops.blockdiag_matmul(x, w)            # fly's blockdiag_multiply semantics
     layer = structops.nn.MonarchLinear(768, 3072, nblocks=4)
     w1, w2, rel_err = structops.monarch_project(W, nblocks1, nblocks2)
+    from structops.compat.fly import blockdiag_butterfly_multiply   # fly's call forms
 
 Operators are registered as ``torch.ops.structops.*`` (CPU kernels always; CUDA kernels when
 the extension was built with CUDA), with autograd, fake (meta) kernels for torch.compile, and
@@ -14,7 +15,7 @@ autocast support.
 import torch  # noqa: F401  (must be imported first: _C links against libtorch/libc10)
 
 from . import _C  # noqa: F401  registers torch.ops.structops.*
-from . import nn, reference  # noqa: F401
+from . import compat, nn, reference  # noqa: F401
 from .ops import blockdiag_matmul, monarch_matmul
 from .projection import monarch_project
 
@@ -34,5 +35,6 @@ __all__ = [
     "monarch_project",
     "build_info",
     "nn",
+    "compat",
     "reference",
 ]

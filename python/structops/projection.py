@@ -43,7 +43,8 @@ def monarch_project(
     """Frobenius-optimal Monarch factors of a dense (m, n) matrix ``W`` (``y = x @ W.T``).
 
     Args:
-        W: (m, n) dense weight, m = out features, n = in features.
+        W: (m, n) dense weight, m = out features, n = in features; real or complex (the DFT,
+            input-permuted, is exactly Monarch).
         nblocks1: k, number of blocks of w1 (must divide n).  Default: for square W fly's sizes
             (w1 (s0, s1, s1), w2 (s1, s0, s0) with s0*s1 = n, s0 >= s1 closest to sqrt(n)).
         nblocks2: l, number of blocks of w2 (must divide m).  Default: nblocks1.
@@ -56,8 +57,8 @@ def monarch_project(
     if not isinstance(W, Tensor) or W.dim() != 2:
         raise ValueError(f"monarch_project: W must be a 2-D (out_features, in_features) tensor, got "
                          f"{tuple(W.shape) if isinstance(W, Tensor) else type(W).__name__}")
-    if not W.is_floating_point():
-        raise ValueError(f"monarch_project: W must be floating point, got {W.dtype}")
+    if not (W.is_floating_point() or W.is_complex()):
+        raise ValueError(f"monarch_project: W must be a floating-point or complex tensor, got {W.dtype}")
     m, n = W.shape
     if nblocks1 is None and nblocks2 is None:
         if m != n:
@@ -82,7 +83,11 @@ def monarch_project(
     p, s = n // k, m // l
     q, r = mid // k, mid // l
 
-    work = torch.float64 if W.dtype in (torch.float32, torch.float64) else torch.float32
+    # SVDs in double precision (complex128 for complex W); 16-bit W in float32.
+    if W.is_complex():
+        work = torch.complex128
+    else:
+        work = torch.float64 if W.dtype in (torch.float32, torch.float64) else torch.float32
     Wd = W.detach().to(work)
     # blocks[lm, i] = W_{lm,i} (s x p)
     blocks = Wd.reshape(s, l, k, p).permute(1, 2, 0, 3)
@@ -95,14 +100,14 @@ def monarch_project(
     t = a // l  # rank slot of (i, a) within sub-block (lm, i)
     valid = t < K
     tc = t.clamp(max=K - 1)
-    sq = S[lm, i, tc].clamp_min(0).sqrt() * valid.to(work)  # (mid,)
+    sq = (S[lm, i, tc].clamp_min(0).sqrt() * valid.to(S.dtype)).to(work)  # (mid,)
     w1 = (sq[:, None] * Vh[lm, i, tc, :]).reshape(k, q, p)
     w2 = torch.zeros(l, s, r, dtype=work, device=W.device)
     w2[lm, :, rh] = sq[:, None] * U[lm, i, :, tc]
 
     kept = torch.zeros_like(S)
     kept[lm[valid], i[valid], t[valid]] = 1
-    total = Wd.pow(2).sum()
+    total = Wd.abs().pow(2).sum()
     resid = (S.pow(2) * (1 - kept)).sum().clamp_min(0)
     rel = float((resid / total).sqrt()) if total > 0 else 0.0
     return MonarchProjection(w1.to(W.dtype), w2.to(W.dtype), rel)

@@ -1,19 +1,23 @@
-// Checks the host-side orchestration of the CUDA Monarch kernels (csrc/cuda/monarch_cuda.cpp:
-// every stride, batch, token split and workspace offset) without a GPU: the device primitives
-// strided_bmm / reduce_splits and the two CUDA runtime calls it makes are replaced by host
-// implementations with the documented semantics, and the results are compared with a direct
-// evaluation of the Monarch formulas.  Built and run by tests/test_cuda_host_emulation.py.
-// Exit code 0 = all cases pass.
+// Checks the host side of the CUDA path without a GPU: the Monarch orchestration
+// (csrc/cuda/monarch_cuda.cpp: every GEMM's layouts, leading dimensions and batch strides, every
+// transpose, token split and workspace offset) and the GEMM engine's kernel selection
+// (csrc/cuda/gemm/gemm_dispatch.cpp: alignment checks, engine switch).  The device kernels and
+// the CUDA runtime calls are replaced by host implementations of their documented semantics;
+// results are compared with a direct evaluation of the Monarch formulas.  Each emulated kernel
+// counts its launches, so the test also asserts which kernel family ran.
+// Built and run by tests/test_cuda_host_emulation.py.  Exit code 0 = all cases pass.
 #include <cuda_runtime_api.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <random>
+#include <string>
 #include <vector>
 
-#include "strided_bmm.h"
+#include "gemm/gemm.h"
 #include "structops/monarch.h"
 
 // ---- host stand-ins for the device code and the CUDA runtime --------------------------------
@@ -26,41 +30,86 @@ cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 const char* cudaGetErrorString(cudaError_t) { return "emulated"; }
 }
 
+static std::map<std::string, int> g_launches;
+
 namespace structops {
 namespace cuda {
+namespace gemm {
 template <class T, class TC>
-static const char* host_bmm(const StridedBmm& p) {
-  const T* A = static_cast<const T*>(p.a);
-  const T* B = static_cast<const T*>(p.b);
-  TC* C = static_cast<TC*>(p.c);
-  for (int b = 0; b < p.batch; ++b)
-    for (int i = 0; i < p.m; ++i)
-      for (int j = 0; j < p.n; ++j) {
+static const char* host_gemm(const BatchedGemm& g, const char* kind) {
+  g_launches[kind]++;
+  const T* A = static_cast<const T*>(g.a.ptr);
+  const T* B = static_cast<const T*>(g.b.ptr);
+  TC* C = static_cast<TC*>(g.c);
+  auto at = [](const MatrixRef& r, const T* p, int64_t b, int64_t i, int64_t j) {
+    return double(p[b * r.batch_stride + (r.layout == Layout::kRowMajor ? i * r.ld + j : j * r.ld + i)]);
+  };
+  for (int b = 0; b < g.batch; ++b)
+    for (int i = 0; i < g.m; ++i)
+      for (int j = 0; j < g.n; ++j) {
         double acc = 0;
-        for (int k = 0; k < p.k; ++k)
-          acc += double(A[b * p.sa.batch + i * p.sa.row + k * p.sa.col]) * double(B[b * p.sb.batch + k * p.sb.row + j * p.sb.col]);
-        TC& c = C[b * p.sc.batch + i * p.sc.row + j * p.sc.col];
-        c = TC(acc + (p.beta != 0 ? p.beta * double(c) : 0.0));
+        for (int k = 0; k < g.k; ++k) acc += at(g.a, A, b, i, k) * at(g.b, B, b, k, j);
+        C[b * g.batch_stride_c + i * g.ldc + j] = TC(acc);
       }
   return nullptr;
 }
-const char* strided_bmm_f32(const StridedBmm& p, cudaStream_t) { return host_bmm<float, float>(p); }
-const char* strided_bmm_f64(const StridedBmm& p, cudaStream_t) { return host_bmm<double, double>(p); }
-const char* strided_bmm_bf16(const StridedBmm&, cudaStream_t) { return "bf16 not emulated"; }
-const char* strided_bmm_f16(const StridedBmm&, cudaStream_t) { return "f16 not emulated"; }
-const char* reduce_splits(DType dtype, const void* parts, int64_t size, int splits, void* out, cudaStream_t) {
-  if (dtype != DType::kFloat64) return "only float64 emulated";
-  const double* P = static_cast<const double*>(parts);
-  double* O = static_cast<double*>(out);
-  for (int64_t e = 0; e < size; ++e) {
-    double s = 0;
-    for (int sp = 0; sp < splits; ++sp) s += P[sp * size + e];
-    O[e] = s;
-  }
+static const char* host_any(const BatchedGemm& g, const char* kind) {
+  if (g.dtype == DType::kFloat64) return host_gemm<double, double>(g, kind);
+  if (g.dtype == DType::kFloat32) return host_gemm<float, float>(g, kind);
+  g_launches[kind]++;  // 16-bit: selection only (no host arithmetic)
   return nullptr;
 }
+const char* tensorop_gemm_bf16(const BatchedGemm& g, Tile16 t, cudaStream_t) {
+  return host_any(g, t == Tile16::kLarge ? "tensorop_large" : "tensorop_small");
+}
+const char* tensorop_gemm_f16(const BatchedGemm& g, Tile16 t, cudaStream_t) {
+  return host_any(g, t == Tile16::kLarge ? "tensorop_large" : "tensorop_small");
+}
+const char* tensorop_gemm_tf32(const BatchedGemm& g, cudaStream_t) { return host_any(g, "tf32"); }
+const char* tensorop_gemm_f64(const BatchedGemm& g, cudaStream_t) { return host_any(g, "dmma"); }
+const char* simt_strided_gemm_f32(const BatchedGemm& g, cudaStream_t) { return host_any(g, "simt"); }
+const char* simt_strided_gemm_f64(const BatchedGemm& g, cudaStream_t) { return host_any(g, "simt"); }
+const char* simt_strided_gemm_bf16(const BatchedGemm& g, cudaStream_t) { return host_any(g, "simt"); }
+const char* simt_strided_gemm_f16(const BatchedGemm& g, cudaStream_t) { return host_any(g, "simt"); }
+
+template <class T>
+static void host_transpose(const void* src, int64_t sld, void* dst, int64_t dld, int64_t rows, int64_t a, int64_t b) {
+  const T* S = static_cast<const T*>(src);
+  T* D = static_cast<T*>(dst);
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t i = 0; i < a; ++i)
+      for (int64_t j = 0; j < b; ++j) D[t * dld + j * a + i] = S[t * sld + i * b + j];
+}
+const char* transpose_rows(DType dtype, const void* src, int64_t sld, void* dst, int64_t dld, int64_t rows, int64_t a,
+                           int64_t b, cudaStream_t) {
+  g_launches["transpose"]++;
+  if (dtype == DType::kFloat64) host_transpose<double>(src, sld, dst, dld, rows, a, b);
+  else if (dtype == DType::kFloat32) host_transpose<float>(src, sld, dst, dld, rows, a, b);
+  else return "transpose: only fp32/fp64 emulated";
+  return nullptr;
+}
+const char* reduce_splits(DType dtype, const void* parts, int64_t size, int splits, void* out, cudaStream_t) {
+  g_launches["reduce"]++;
+  if (dtype == DType::kFloat64) {
+    const double* P = static_cast<const double*>(parts);
+    double* O = static_cast<double*>(out);
+    for (int64_t e = 0; e < size; ++e) {
+      double s = 0;
+      for (int sp = 0; sp < splits; ++sp) s += P[sp * size + e];
+      O[e] = s;
+    }
+    return nullptr;
+  }
+  return "reduce: only fp64 emulated";
+}
+}  // namespace gemm
 }  // namespace cuda
 }  // namespace structops
+
+// The "cuBLAS" engine of the torch layer, emulated: plain host GEMM.
+static const char* host_cublas(const structops::cuda::gemm::BatchedGemm& g, cudaStream_t) {
+  return structops::cuda::gemm::host_any(g, "cublas");
+}
 
 // ---- direct evaluation of the formulas ------------------------------------------------------
 using structops::MonarchDims;
@@ -71,28 +120,32 @@ static double max_abs_diff(const std::vector<double>& a, const std::vector<doubl
   return m;
 }
 
-static int run_case(int64_t batch, int64_t k, int64_t q, int64_t p, int64_t l, int64_t s, int64_t r, bool save_u) {
+static int run_case(int64_t batch, int64_t k, int64_t q, int64_t p, int64_t l, int64_t s, int64_t r, bool save_v,
+                    structops::GemmEngine engine, int sm_count, const char* expect_kernel) {
   MonarchDims d;
   d.batch = batch; d.k = k; d.q = q; d.p = p; d.l = l; d.s = s; d.r = r;
   const bool second = l > 0;
-  const int64_t n = d.n(), mid = d.mid(), m = d.m(), xs = n + 3;  // padded rows of x
+  const int64_t n = d.n(), mid = d.mid(), m = d.m(), xs = n + 8;  // padded rows of x
   std::mt19937 rng(int(batch * 7 + k * 3 + l));
   std::normal_distribution<double> nd;
-  std::vector<double> x(batch * xs), w1(k * q * p), w2(second ? l * s * r : 0), dy(batch * (m + 1));
+  std::vector<double> x(batch * xs), w1(k * q * p), w2(second ? l * s * r : 0), dy(batch * (m + 8));
   for (auto& v : x) v = nd(rng);
   for (auto& v : w1) v = nd(rng);
   for (auto& v : w2) v = nd(rng);
   for (auto& v : dy) v = nd(rng);
-  const int64_t dys = m + 1;
+  const int64_t dys = m + 8;
 
-  // reference: u, y, dU, dx, dw1, dw2
-  std::vector<double> u(batch * mid, 0), y(batch * m, 0), du(batch * mid, 0), dx(batch * n, 0), dw1(w1.size(), 0),
-      dw2(w2.size(), 0);
+  // reference: u, v, y, dU, dx, dw1, dw2
+  std::vector<double> u(batch * mid, 0), vv(batch * mid, 0), y(batch * m, 0), du(batch * mid, 0), dx(batch * n, 0),
+      dw1(w1.size(), 0), dw2(w2.size(), 0);
   for (int64_t t = 0; t < batch; ++t)
     for (int64_t i = 0; i < k; ++i)
       for (int64_t a = 0; a < q; ++a)
         for (int64_t c = 0; c < p; ++c) u[t * mid + i * q + a] += w1[(i * q + a) * p + c] * x[t * xs + i * p + c];
   if (second) {
+    for (int64_t t = 0; t < batch; ++t)
+      for (int64_t lm = 0; lm < l; ++lm)
+        for (int64_t rh = 0; rh < r; ++rh) vv[t * mid + lm * r + rh] = u[t * mid + rh * l + lm];
     for (int64_t t = 0; t < batch; ++t)
       for (int64_t lm = 0; lm < l; ++lm)
         for (int64_t sg = 0; sg < s; ++sg)
@@ -114,45 +167,135 @@ static int run_case(int64_t batch, int64_t k, int64_t q, int64_t p, int64_t l, i
           dw1[(i * q + a) * p + c] += du[t * mid + i * q + a] * x[t * xs + i * p + c];
         }
 
+  structops::CudaOptions opt;
+  opt.engine = engine;
+  opt.sm_count = sm_count;
+  g_launches.clear();
   // orchestrated version
   structops::MonarchForwardParams fp;
-  fp.dims = d; fp.dtype = structops::DType::kFloat64;
+  fp.dims = d; fp.dtype = structops::DType::kFloat64; fp.cuda = opt;
   fp.x = x.data(); fp.x_stride = xs; fp.w1 = w1.data(); fp.w2 = second ? w2.data() : nullptr;
-  std::vector<double> y2(batch * m, -1), u2(batch * mid, -1);
+  std::vector<double> y2(batch * m, -1), v2(batch * mid, -1);
   fp.y = y2.data();
-  fp.v = (second && save_u) ? u2.data() : nullptr;
+  fp.v = (second && save_v) ? v2.data() : nullptr;
   std::vector<char> ws(structops::monarch_forward_cuda_workspace(fp) + 256);
-  const char* err = structops::monarch_forward_cuda(fp, {ws.data(), int64_t(ws.size())}, nullptr);
+  // 256-byte aligned workspace like the caching allocator's
+  void* wsp = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws.data()) + 255) / 256 * 256);
+  const char* err = structops::monarch_forward_cuda(fp, {wsp, int64_t(ws.size()) - 256}, nullptr);
   if (err) { std::printf("forward error: %s\n", err); return 1; }
 
   structops::MonarchBackwardParams bp;
-  bp.dims = d; bp.dtype = structops::DType::kFloat64;
+  bp.dims = d; bp.dtype = structops::DType::kFloat64; bp.cuda = opt;
   bp.dy = dy.data(); bp.dy_stride = dys; bp.x = x.data(); bp.x_stride = xs; bp.w1 = w1.data();
   bp.w2 = second ? w2.data() : nullptr; bp.v = fp.v;
   std::vector<double> dx2(batch * n, -1), dw12(w1.size(), -1), dw22(w2.size(), -1);
   bp.dx = dx2.data(); bp.dw1 = dw12.data(); bp.dw2 = second ? dw22.data() : nullptr;
   std::vector<char> wsb(structops::monarch_backward_cuda_workspace(bp) + 256);
-  err = structops::monarch_backward_cuda(bp, {wsb.data(), int64_t(wsb.size())}, nullptr);
+  void* wsbp = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(wsb.data()) + 255) / 256 * 256);
+  err = structops::monarch_backward_cuda(bp, {wsbp, int64_t(wsb.size()) - 256}, nullptr);
   if (err) { std::printf("backward error: %s\n", err); return 1; }
 
   const double e[5] = {max_abs_diff(y, y2), max_abs_diff(dx, dx2), max_abs_diff(dw1, dw12),
-                       second ? max_abs_diff(dw2, dw22) : 0.0, (second && save_u) ? max_abs_diff(u, u2) : 0.0};
+                       second ? max_abs_diff(dw2, dw22) : 0.0, (second && save_v) ? max_abs_diff(vv, v2) : 0.0};
   double worst = 0;
   for (double v : e) worst = std::fmax(worst, v);
-  const bool ok = worst < 1e-9 * (1 + std::sqrt(double(batch)) * (p + q + r + s));
-  std::printf("%s batch=%lld w1=(%lld,%lld,%lld) w2=(%lld,%lld,%lld) save_u=%d  y %.1e dx %.1e dw1 %.1e dw2 %.1e u %.1e\n",
+  bool ok = worst < 1e-9 * (1 + std::sqrt(double(batch)) * (p + q + r + s));
+  // which kernels ran
+  std::string ran;
+  for (auto& kv : g_launches) ran += kv.first + "=" + std::to_string(kv.second) + " ";
+  if (expect_kernel && g_launches[expect_kernel] == 0) ok = false;
+  if (engine == structops::GemmEngine::kCublas && g_launches["reduce"] != 0) ok = false;  // no splits with cuBLAS
+  std::printf("%s batch=%lld w1=(%lld,%lld,%lld) w2=(%lld,%lld,%lld) save_v=%d sms=%d  y %.1e dx %.1e dw1 %.1e dw2 %.1e "
+              "v %.1e  [%s]\n",
               ok ? "ok  " : "FAIL", (long long)batch, (long long)k, (long long)q, (long long)p, (long long)l,
-              (long long)s, (long long)r, int(save_u), e[0], e[1], e[2], e[3], e[4]);
+              (long long)s, (long long)r, int(save_v), sm_count, e[0], e[1], e[2], e[3], e[4], ran.c_str());
   return ok ? 0 : 1;
 }
 
-int main() {
+// Kernel selection: alignment and dtype rules (no arithmetic).
+static int check_selection() {
+  using namespace structops::cuda::gemm;
+  using structops::DType;
+  alignas(256) static char buf[1 << 16];
+  structops::CudaOptions opt;
   int fails = 0;
-  // (batch, k, q, p, l, s, r); batch 20000 exercises the token-split weight-gradient path.
-  const int64_t cases[][7] = {{7, 4, 4, 4, 4, 4, 4},     {33, 3, 5, 2, 5, 7, 3},  {50, 2, 10, 3, 4, 6, 5},
-                              {20000, 2, 3, 2, 2, 2, 3}, {16, 1, 6, 5, 1, 4, 6},  {9, 4, 6, 3, 0, 0, 0},
-                              {20000, 2, 2, 3, 0, 0, 0}};
+  auto expect = [&](const BatchedGemm& g, const structops::CudaOptions& o, KernelKind want, const char* what) {
+    const KernelKind got = select_kernel(g, o);
+    const bool ok = got == want;
+    std::printf("%s select %-40s -> %s\n", ok ? "ok  " : "FAIL", what, kernel_kind_name(got));
+    fails += !ok;
+  };
+  BatchedGemm g;
+  g.m = 256; g.n = 256; g.k = 256; g.batch = 4; g.dtype = DType::kBFloat16;
+  g.a = {buf, 256, 256 * 256, Layout::kRowMajor};
+  g.b = {buf, 256, 256 * 256, Layout::kColumnMajor};
+  g.c = buf; g.ldc = 256; g.batch_stride_c = 256 * 256;
+  expect(g, opt, KernelKind::kTensorOpLarge, "bf16 aligned 256^3");
+  BatchedGemm h = g; h.n = 64; h.ldc = 64;
+  expect(h, opt, KernelKind::kTensorOpSmall, "bf16 aligned n=64");
+  h = g; h.a.ptr = buf + 2;
+  expect(h, opt, KernelKind::kSimtStrided, "bf16 A pointer off by one element");
+  h = g; h.a.ld = 260;
+  expect(h, opt, KernelKind::kSimtStrided, "bf16 lda=260 (not a multiple of 8)");
+  h = g; h.b.batch_stride = 256 * 256 + 4;
+  expect(h, opt, KernelKind::kSimtStrided, "bf16 B batch stride not a multiple of 8");
+  h = g; h.k = 100;
+  expect(h, opt, KernelKind::kSimtStrided, "bf16 K=100 (row-major A extent)");
+  h = g; h.c_acc = true;
+  expect(h, opt, KernelKind::kSimtStrided, "bf16 row/col with fp32 C (not instantiated)");
+  h = g; h.a.layout = Layout::kColumnMajor; h.b.layout = Layout::kRowMajor; h.c_acc = true;
+  expect(h, opt, KernelKind::kTensorOpLarge, "bf16 col/row fp32 C (weight gradient)");
+  h = g; h.dtype = DType::kFloat32;
+  expect(h, opt, KernelKind::kSimtStrided, "fp32 without TF32 permission");
+  structops::CudaOptions tf = opt; tf.allow_tf32 = true;
+  expect(h, tf, KernelKind::kTf32, "fp32 with TF32 permission");
+  h.a.ptr = buf + 4;
+  expect(h, tf, KernelKind::kSimtStrided, "fp32 TF32, A pointer off by one element");
+  h = g; h.dtype = DType::kFloat64; h.a.ptr = buf + 8; h.k = 3; h.a.ld = 3;
+  expect(h, opt, KernelKind::kDmma, "fp64 any alignment");
+  structops::CudaOptions cb = opt; cb.engine = structops::GemmEngine::kCublas;
+  expect(g, cb, KernelKind::kCublas, "cuBLAS engine");
+  // token splits: two waves, >= 1024 tokens per split, <= 16
+  const int s1 = token_splits(65536, 8, 132), s2 = token_splits(4096, 8, 132), s3 = token_splits(65536, 1000, 132);
+  const bool ok = s1 == 16 && s2 == 4 && s3 == 1;
+  std::printf("%s token_splits(65536, 8 tiles)=%d (16)  (4096, 8)=%d (4)  (65536, 1000)=%d (1)\n", ok ? "ok  " : "FAIL",
+              s1, s2, s3);
+  fails += !ok;
+  return fails;
+}
+
+int main() {
+  int fails = check_selection();
+  using structops::GemmEngine;
+  // (batch, k, q, p, l, s, r, engine, sms, kernel that must have run)
+  struct Case { int64_t c[7]; GemmEngine e; int sms; const char* kernel; };
+  const Case cases[] = {
+      {{7, 4, 4, 4, 4, 4, 4}, GemmEngine::kCutlass, 108, "dmma"},
+      {{33, 3, 5, 2, 5, 7, 3}, GemmEngine::kCutlass, 108, "dmma"},
+      {{50, 2, 10, 3, 4, 6, 5}, GemmEngine::kCutlass, 108, nullptr},
+      {{5000, 2, 3, 2, 2, 2, 3}, GemmEngine::kCutlass, 132, "reduce"},  // token splits
+      {{5000, 2, 8, 8, 2, 8, 8}, GemmEngine::kCutlass, 132, "reduce"},
+      {{16, 1, 6, 5, 1, 4, 6}, GemmEngine::kCutlass, 108, nullptr},
+      {{9, 4, 6, 3, 0, 0, 0}, GemmEngine::kCutlass, 108, nullptr},    // block-diagonal op
+      {{5000, 2, 2, 3, 0, 0, 0}, GemmEngine::kCutlass, 132, "reduce"},
+      {{33, 3, 5, 2, 5, 7, 3}, GemmEngine::kCublas, 108, "cublas"},
+      {{5000, 2, 3, 2, 2, 2, 3}, GemmEngine::kCublas, 132, "cublas"},
+      {{9, 4, 6, 3, 0, 0, 0}, GemmEngine::kCublas, 108, "cublas"},
+  };
+  // cuBLAS without a registered engine must report an error, not crash.
+  {
+    structops::MonarchForwardParams fp;
+    fp.dims.batch = 2; fp.dims.k = 1; fp.dims.q = 1; fp.dims.p = 1; fp.dtype = structops::DType::kFloat64;
+    double x[2] = {1, 2}, w[1] = {3}, y[2];
+    fp.x = x; fp.x_stride = 1; fp.w1 = w; fp.y = y; fp.cuda.engine = GemmEngine::kCublas;
+    const char* err = structops::monarch_forward_cuda(fp, {nullptr, 0}, nullptr);
+    std::printf("%s cuBLAS engine unregistered -> %s\n", err ? "ok  " : "FAIL", err ? err : "(no error)");
+    fails += err == nullptr;
+  }
+  structops::cuda::gemm::set_cublas_gemm(&host_cublas);
   for (const auto& c : cases)
-    for (int save = 0; save < 2; ++save) fails += run_case(c[0], c[1], c[2], c[3], c[4], c[5], c[6], save);
+    for (int save = 0; save < 2; ++save)
+      fails += run_case(c.c[0], c.c[1], c.c[2], c.c[3], c.c[4], c.c[5], c.c[6], save, c.e, c.sms, c.kernel);
+  std::printf("%d failed\n", fails);
   return fails ? 1 : 0;
 }

@@ -23,9 +23,9 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace structops {
+#include "structops/common.h"
 
-enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
+namespace structops {
 
 struct MonarchDims {
   int64_t batch = 0;       // flattened leading dims of x
@@ -46,6 +46,7 @@ struct MonarchForwardParams {
   const void* w2 = nullptr;  // (l, s, r) contiguous; nullptr for the block-diagonal op
   void* y = nullptr;         // (batch, m) contiguous
   void* v = nullptr;         // optional (batch, k*q) contiguous: saves v for the backward pass
+  CudaOptions cuda;          // CUDA only: engine, TF32, SM count
 };
 
 struct MonarchBackwardParams {
@@ -61,6 +62,7 @@ struct MonarchBackwardParams {
   void* dx = nullptr;         // (batch, n) contiguous, or nullptr if not needed
   void* dw1 = nullptr;        // (k, q, p) contiguous, or nullptr
   void* dw2 = nullptr;        // (l, s, r) contiguous, or nullptr
+  CudaOptions cuda;           // CUDA only: engine, TF32, SM count
 };
 
 // ------------------------------------------------------------------------------------------
@@ -111,28 +113,23 @@ const char* monarch_cpu_isa();
 const char* monarch_cpu_available_isas();
 
 // ------------------------------------------------------------------------------------------
-// CUDA (implemented in csrc/cuda; only built with STRUCTOPS_WITH_CUDA).
+// CUDA (implemented in csrc/cuda/monarch_cuda.cpp; only built with STRUCTOPS_WITH_CUDA).
 //
-// Every block GEMM is one batched CUTLASS launch whose operands are addressed through affine
-// (row stride, column stride, batch stride) layouts, so P_mid and P_out are plain strides and no
-// permuted copy is ever made.  The saved intermediate (params.v) is u (= BD(w1) x, the layout the
-// strided GEMMs read directly), not v as on the CPU: it is private to the backend and only valid
-// as input of the same backend's backward.  Weight gradients reduce over tokens in a fixed number
-// of token splits whose partials are summed in order by a small kernel (deterministic, no
-// atomics).  `stream` is a cudaStream_t; nothing synchronises the host.
+// Every block GEMM is one batched launch of the shared GEMM engine (csrc/cuda/gemm/gemm.h):
+// tensor cores for bf16/fp16 (HMMA, fp32 accumulation), TF32 for fp32 when params.cuda allows
+// it, DMMA for fp64.  P_mid and P_out are coalesced shared-memory row transposes between the
+// GEMMs, never strided gathers inside a mainloop.  The saved intermediate (params.v) is v, the
+// same layout as on the CPU.  Weight gradients reduce over tokens in token splits sized from the
+// SM count and the output tile count; the fp32 partials are summed in split order (deterministic,
+// no atomics).  `stream` is a cudaStream_t; nothing synchronises the host and nothing allocates,
+// so the calls are CUDA-graph capturable.
 //
-// Dtypes: kFloat32, kFloat64, kBFloat16, kFloat16 (bf16/fp16 inputs, fp32 accumulation).
-// Archs: sm_80 and newer (the sm_80 kernels also ship as sm_90a SASS).
-// Status: compiled in CI, not yet run on a GPU.
+// Dtypes: kFloat32, kFloat64, kBFloat16, kFloat16.  Archs: sm_80 and newer.
+// Status: compiled in CI (SASS checked for HMMA), not yet run on a GPU.
 //
 // Workspace: the caller allocates monarch_*_cuda_workspace(params) bytes (e.g. from its caching
-// allocator) and passes them in params via `workspace`.  Returns nullptr on success, else a
-// static error message.
+// allocator).  Returns nullptr on success, else a static error message.
 // ------------------------------------------------------------------------------------------
-struct CudaWorkspace {
-  void* ptr = nullptr;
-  int64_t bytes = 0;
-};
 int64_t monarch_forward_cuda_workspace(const MonarchForwardParams& params);
 int64_t monarch_backward_cuda_workspace(const MonarchBackwardParams& params);
 const char* monarch_forward_cuda(const MonarchForwardParams& params, CudaWorkspace workspace, void* stream);

@@ -1,7 +1,14 @@
 """Block-diagonal and Monarch linear layers, state_dict-compatible with HazyResearch/fly.
 
+Constructor order is fly's ``StructuredLinear``: ``(in_features, out_features, bias=True,
+device=None, dtype=None, *, nblocks=4, ...)`` — everything after ``dtype`` is keyword-only.
+
 Shape rule (fly's, for both layers): in_blksz = ceil(in/nblocks), out_blksz = ceil(out/nblocks);
-inputs are zero-padded to nblocks*in_blksz features and outputs truncated to out_features.
+inputs with up to nblocks*in_blksz features are zero-padded to that width (so inputs narrower
+than in_features are accepted, as in fly) and outputs truncated to out_features.
+
+fly's methods are here too: ``convert_to_dense_weight()`` (dense (out, in) weight),
+``set_weights_from_dense_init(dense_init_fn_)``, ``saving``, ``preprocess``/``postprocess``.
 
 * ``BlockdiagLinear``: ``weight`` (nblocks, out_blksz, in_blksz), optional channel ``shuffle``.
 * ``MonarchLinear``: ``blkdiag1``/``blkdiag2`` with the intermediate width
@@ -17,6 +24,7 @@ identical to fly's.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +45,13 @@ class _StructuredLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool, nblocks: int, device, dtype):
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features), ("nblocks", nblocks)):
-            if not isinstance(v, int) or v <= 0:
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{type(self).__name__}: {name} must be a positive int, got {v!r}")
+        if not isinstance(bias, bool):
+            raise ValueError(
+                f"{type(self).__name__}: bias must be a bool, got {bias!r} (the signature is fly's: "
+                "(in_features, out_features, bias=True, device=None, dtype=None, *, nblocks=4, ...))"
+            )
         self.in_features = in_features
         self.out_features = out_features
         self.nblocks = nblocks
@@ -58,13 +71,19 @@ class _StructuredLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def preprocess(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.in_features:
+        """Zero-pads the last dim to in_features_extended (fly: inputs narrower than in_features
+        are padded too); wider inputs are an error."""
+        if not isinstance(x, Tensor) or x.dim() == 0:
+            raise ValueError(f"{type(self).__name__}: expected an input tensor (..., in_features), got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        if x.shape[-1] > self.in_features_extended:
             raise ValueError(
-                f"{type(self).__name__}: expected input with {self.in_features} features in the last "
-                f"dim, got shape {tuple(x.shape)}"
+                f"{type(self).__name__}: expected input with at most {self.in_features_extended} features "
+                f"(in_features={self.in_features}, zero-padded to nblocks*in_blksz) in the last dim, got "
+                f"shape {tuple(x.shape)}"
             )
-        if self.in_features < self.in_features_extended:
-            x = F.pad(x, (0, self.in_features_extended - self.in_features))
+        if x.shape[-1] < self.in_features_extended:
+            x = F.pad(x, (0, self.in_features_extended - x.shape[-1]))
         return x
 
     def postprocess(self, y: Tensor) -> Tensor:
@@ -77,11 +96,14 @@ class _StructuredLinear(nn.Module):
         # Cast the bias to the output dtype (AMP): otherwise the sum is promoted to fp32.
         return y + self.bias.to(dtype=y.dtype) if self.bias is not None else y
 
-    def to_dense(self) -> Tensor:
-        """Dense (out_features, in_features) weight W with forward(x) == x @ W.T + bias."""
+    def convert_to_dense_weight(self) -> Tensor:
+        """Dense (out_features, in_features) weight W with forward(x) == x @ W.T + bias (fly's
+        name; fly's own version fails on MonarchLinear, which has no ``weight``)."""
         p = next(self.parameters())
         eye = torch.eye(self.in_features, device=p.device, dtype=p.dtype)
         return self.forward_matmul(eye).t()
+
+    to_dense = convert_to_dense_weight
 
     def extra_repr(self) -> str:
         return (
@@ -94,14 +116,14 @@ class BlockdiagLinear(_StructuredLinear):
     """``y = BD(weight) x`` on zero-padded x, truncated to out_features, plus bias.
 
     Args:
-        in_features, out_features, bias, device, dtype: as ``nn.Linear``.
-        nblocks: number of diagonal blocks.
+        in_features, out_features, bias, device, dtype: as ``nn.Linear`` (fly's order).
+        nblocks: number of diagonal blocks (keyword-only).
         shuffle: channel shuffle before the matmul ('... (g c) -> ... (c g)', g = nblocks),
-            as fly/m2.
+            as fly/m2 (keyword-only).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, nblocks: int = 4,
-                 shuffle: bool = False, device=None, dtype=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
+                 nblocks: int = 4, shuffle: bool = False):
         super().__init__(in_features, out_features, bias, nblocks, device, dtype)
         self.shuffle = shuffle
         self.weight = nn.Parameter(
@@ -110,17 +132,20 @@ class BlockdiagLinear(_StructuredLinear):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # fly: kaiming_uniform(a=sqrt(5)) of the padded dense matrix, scaled by
-        # sqrt(dense.numel / weight.numel), then block-row 0 of it.
+        self.set_weights_from_dense_init(partial(nn.init.kaiming_uniform_, a=math.sqrt(5)))
+        self.reset_parameters_bias()
+
+    def set_weights_from_dense_init(self, dense_init_fn_) -> None:
+        """fly's rule: ``dense_init_fn_`` fills a dense (out_ext, in_ext) matrix, which is scaled
+        by sqrt(dense.numel / weight.numel) (the weight is sparse) and block-row 0 of it copied."""
         dense = torch.empty(self.out_features_extended, self.in_features_extended,
                             device=self.weight.device, dtype=self.weight.dtype)
-        nn.init.kaiming_uniform_(dense, a=math.sqrt(5))
+        dense_init_fn_(dense)
         dense *= math.sqrt(dense.numel() / self.weight.numel())
         nb = self.nblocks
         with torch.no_grad():
             blocks = dense.reshape(nb, self.out_blksz, nb, self.in_blksz).permute(0, 2, 1, 3)
             self.weight.copy_(blocks[0])
-        self.reset_parameters_bias()
 
     @property
     def saving(self) -> float:
@@ -139,14 +164,14 @@ class MonarchLinear(_StructuredLinear):
     """Monarch layer ``y = P_out BD(blkdiag2) P_mid BD(blkdiag1) x`` (fly's MonarchLinear).
 
     Args:
-        in_features, out_features, bias, device, dtype: as ``nn.Linear``.
-        nblocks: number of blocks of each factor (fly uses 4 for GPT-2/ViT MLPs).
+        in_features, out_features, bias, device, dtype: as ``nn.Linear`` (fly's order).
+        nblocks: number of blocks of each factor (keyword-only; fly uses 4 for GPT-2/ViT MLPs).
         recompute: recompute the intermediate in backward instead of saving it (less memory,
-            slower); False (default) saves it, as fly does.
+            slower); False (default) saves it, as fly does (keyword-only).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, nblocks: int = 4,
-                 device=None, dtype=None, recompute: bool = False):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
+                 nblocks: int = 4, recompute: bool = False):
         super().__init__(in_features, out_features, bias, nblocks, device, dtype)
         self.recompute = recompute
         nb, ib, ob = nblocks, self.in_blksz, self.out_blksz
@@ -169,6 +194,20 @@ class MonarchLinear(_StructuredLinear):
             with torch.no_grad():
                 blkdiag.uniform_(-bound, bound)
         self.reset_parameters_bias()
+
+    def set_weights_from_dense_init(self, dense_init_fn_) -> None:
+        """Initialise from a dense init: ``dense_init_fn_`` fills a dense (out_ext, in_ext) matrix
+        and the factors become its Frobenius-optimal Monarch projection (fly's StructuredLinear
+        hook; fly's MonarchLinear itself leaves it unimplemented)."""
+        p = self.blkdiag1
+        work = p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32
+        dense = torch.empty(self.out_features_extended, self.in_features_extended, device=p.device, dtype=work)
+        dense_init_fn_(dense)
+        mid = min(self.in_features_extended, self.out_features_extended)
+        w1, w2, _ = monarch_project(dense, self.nblocks, self.nblocks, mid)
+        with torch.no_grad():
+            self.blkdiag1.copy_(w1)
+            self.blkdiag2.copy_(w2)
 
     @property
     def saving(self) -> float:

@@ -1,9 +1,11 @@
-// Every structops operator schema, defined once.  Implementations are registered per backend in
-// monarch_cpu_impl.cpp / monarch_cuda_impl.cpp, autocast in autocast.cpp; fake (meta) kernels and
-// autograd formulas live in python/structops/ops.py.
+// The block-diagonal / Monarch operator schemas, defined once (a fragment of the `structops`
+// library, csrc/torch/library.cpp).  Implementations are registered per backend in
+// monarch_cpu_impl.cpp / monarch_cuda_impl.cpp, autocast in monarch_autocast.cpp; fake (meta)
+// kernels and autograd formulas live in python/structops/ops/monarch.py.
+// dtypes: float32/float64/bfloat16/float16 on CPU and CUDA, complex64/complex128 on CPU.
 #include <torch/library.h>
 
-TORCH_LIBRARY(structops, m) {
+TORCH_LIBRARY_FRAGMENT(structops, m) {
   // ---- block-diagonal: y = x BD(w)^T.  x (..., k*p), w (k, q, p) -> (..., k*q)
   m.def("blockdiag_matmul(Tensor x, Tensor w) -> Tensor");
   // Gradients (dx, dw); an entry whose output_mask bit is false is returned as an empty tensor.

@@ -1,12 +1,13 @@
 // Deterministic reduction of per-split weight-gradient partials: out = sum_s parts[s] in split
-// order, converted to the output dtype.  See strided_bmm.h.
+// order, converted to the output dtype.  See gemm.h.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "strided_bmm.h"
+#include "gemm.h"
 
 namespace structops {
 namespace cuda {
+namespace gemm {
 namespace {
 
 template <class TAcc, class TOut>
@@ -42,5 +43,6 @@ const char* reduce_splits(DType dtype, const void* parts, int64_t size, int spli
   return "reduce_splits: unsupported dtype";
 }
 
+}  // namespace gemm
 }  // namespace cuda
 }  // namespace structops

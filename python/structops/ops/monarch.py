@@ -11,9 +11,10 @@ Semantics are exactly HazyResearch/fly's ``blockdiag_multiply`` and
   (l, s) result as such and transposes it.
 
 Any leading dims (including none: a 1-D x, and empty batches), non-contiguous x.
-dtypes: CPU float32/float64 natively (bfloat16/float16 computed in float32), CUDA
-float32/bfloat16/float16 with float32 accumulation (and float64).  Under ``torch.autocast`` the
-inputs are cast to the active autocast dtype.
+dtypes: CPU float32/float64 natively (bfloat16/float16 computed in float32) and
+complex64/complex128 (as fly; gradients follow torch's complex autograd convention), CUDA
+float32/bfloat16/float16 with float32 accumulation (and float64; complex is CPU-only).  Under
+``torch.autocast`` the inputs are cast to the active autocast dtype.
 
 Each op has a fake kernel (torch.compile / meta tensors) and autograd; every backward is its own
 operator (``torch.ops.structops.*_backward``).  Double backward raises a clear error.
@@ -24,26 +25,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import check_same_device_and_dtype, check_tensors, shape_of
+
 __all__ = ["blockdiag_matmul", "monarch_matmul"]
 
 _ops = torch.ops.structops
+_shape = shape_of
 
 
 # ----------------------------------------------------------------------------------------------
 # argument checks (same wording as the C++ checks in csrc/torch/monarch_common.h)
 # ----------------------------------------------------------------------------------------------
-def _shape(t: Tensor) -> tuple:
-    return tuple(t.shape)
-
-
-def _autocasting(t: Tensor) -> bool:
-    return torch.is_autocast_enabled(t.device.type)
-
-
 def _check_args(op: str, x, weights: dict) -> None:
-    for name, t in (("x", x), *weights.items()):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    check_tensors(op, {"x": x, **weights})
     if x.dim() == 0:
         raise ValueError(f"{op}: x must have shape (..., n) with at least 1 dimension, got a 0-d tensor")
     names = list(weights)
@@ -69,16 +63,7 @@ def _check_args(op: str, x, weights: dict) -> None:
                 f"{op}: w2 of shape (l, s, r) = {_shape(w2)} needs l*r == k*q = {k * q} "
                 f"(w1 of shape {_shape(w1)}), got l*r = {l * r}"
             )
-    tensors = [x, *weights.values()]
-    if not all(t.device == x.device for t in tensors):
-        devs = ", ".join(f"{n}: {t.device}" for n, t in zip(["x", *names], tensors))
-        raise RuntimeError(f"{op}: all inputs must be on the same device, got {devs}")
-    for n, t in zip(["x", *names], tensors):
-        if not t.is_floating_point():
-            raise RuntimeError(f"{op}: expected a floating-point {n}, got {t.dtype}")
-    if not _autocasting(x) and not all(t.dtype == x.dtype for t in tensors):
-        dts = ", ".join(f"{n}: {t.dtype}" for n, t in zip(["x", *names], tensors))
-        raise RuntimeError(f"{op}: all inputs must have the same dtype, got {dts}")
+    check_same_device_and_dtype(op, {"x": x, **weights}, complex_ok_on=("cpu",))
 
 
 # ----------------------------------------------------------------------------------------------
