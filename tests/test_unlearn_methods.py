@@ -1,6 +1,7 @@
 """structops.unlearn methods: one calling convention, intended effect, determinism, bad inputs."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -20,7 +21,12 @@ def blobs(n=240, seed=0):
 
 @pytest.fixture(scope="module")
 def memorised():
-    """An MLP that memorised 12 mislabelled points (the forget set) among clean blobs."""
+    """An MLP that memorised 12 mislabelled points (the forget set) among clean blobs.
+
+    Trained with a small L2 penalty: without it LBFGS drives the weights to ~350 and the forget
+    loss to ~2e-7, where the retain curvature is ~0 and a Newton step changes the loss by a
+    fraction of one float32 ulp, so any comparison measured rounding (and failed on AMD CPUs).
+    With it the weights stay ~16, the forget loss is ~0.06 and every method moves it by >= 3x."""
     torch.manual_seed(0)
     x, y = blobs()
     y = y.clone()
@@ -30,7 +36,8 @@ def memorised():
 
     def closure():
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
+        l2 = sum(p.pow(2).sum() for p in model.parameters())
+        loss = nn.functional.cross_entropy(model(x), y) + 1e-6 * l2
         loss.backward()
         return loss
 
@@ -38,7 +45,15 @@ def memorised():
     model.eval()
     forget, retain = (x[:12], y[:12]), (x[12:], y[12:])
     assert unlearn.metrics.accuracy(model, forget) > 0.9  # memorised
+    assert forget_loss_f64(model, forget) > 1e-3  # not saturated: losses are far above rounding
     return model, forget, retain
+
+
+def forget_loss_f64(model, data):
+    """Mean loss on `data` evaluated in float64 (a copy of the model), so small changes are not
+    lost to float32 rounding."""
+    m = copy.deepcopy(model).double()
+    return unlearn.metrics.example_losses(m, (data[0].double(), data[1])).mean().item()
 
 
 # tiny-case hyperparameters: strong enough to act in a few steps
@@ -61,14 +76,15 @@ TINY = {
 def test_method_moves_forget_loss_up_and_leaves_caller_model_alone(name, memorised):
     model, forget, retain = memorised
     before = copy.deepcopy(model.state_dict())
-    loss_before = unlearn.metrics.example_losses(model, forget).mean()
+    loss_before = forget_loss_f64(model, forget)
     out = unlearn.METHODS[name](model, forget, retain, seed=0, **TINY[name])
     assert out is not model
     for k, v in model.state_dict().items():  # the caller's model is untouched
         assert torch.equal(v, before[k])
-    loss_after = unlearn.metrics.example_losses(out, forget).mean()
-    assert torch.isfinite(loss_after)
-    assert loss_after > loss_before, f"{name}: forget loss {loss_before:.3f} -> {loss_after:.3f}"
+    loss_after = forget_loss_f64(out, forget)
+    assert math.isfinite(loss_after)
+    # effect size, not a bare '>': every method at least 1.5x the forget loss (measured: >= 3x)
+    assert loss_after >= 1.5 * loss_before, f"{name}: forget loss {loss_before:.4g} -> {loss_after:.4g}"
     log = out.unlearning_log[-1]
     assert log["method"] == name and log["seconds"] >= 0 and log["hparams"] == TINY[name]
 
@@ -204,7 +220,9 @@ def tiny_lm():
     labels[:, 3:5] = ids[:, 4:6].clone()  # only two answer positions are scored
     labels[:, 5] = 1
     model = TinyLM(V, d=8, layers=1, heads=2, max_len=T)
-    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    # weight decay keeps the fixture off saturation (forget loss ~0.02 instead of ~1e-4, where
+    # finetune moved it by only 17% and newton_step by 13%): every method then moves it >= 50x.
+    opt = torch.optim.AdamW(model.parameters(), lr=0.03, weight_decay=0.3)
     obj = unlearn.CausalLM()
     for _ in range(300):
         loss = obj.mean_nll(model, (ids, labels)).mean()
@@ -223,10 +241,12 @@ LM = dict(TINY, newton_step=dict(damping=1e-2, max_params=5000),
 def test_methods_on_causal_lm(name, tiny_lm):
     model, forget, retain = tiny_lm
     obj = unlearn.CausalLM()
-    before = unlearn.metrics.example_losses(model, forget, obj).mean()
+    f64 = lambda m: unlearn.metrics.example_losses(copy.deepcopy(m).double(), forget, obj).mean().item()  # noqa: E731
+    before = f64(model)
+    assert before > 1e-3  # not saturated
     out = unlearn.METHODS[name](model, forget, retain, objective=obj, seed=0, **LM[name])
-    after = unlearn.metrics.example_losses(out, forget, obj).mean()
-    assert torch.isfinite(after) and after > before, f"{name}: {before:.3f} -> {after:.3f}"
+    after = f64(out)
+    assert math.isfinite(after) and after >= 1.5 * before, f"{name}: {before:.4g} -> {after:.4g}"
 
 
 def test_causal_lm_masking_is_respected(tiny_lm):
