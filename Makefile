@@ -4,6 +4,7 @@
 #   make test    - build, then run the test suite
 #   make build   - create .venv and build/install the extension (editable)
 #   make bench-cpp - build and run the standalone C++ (and CUDA) microbenchmarks
+#   make wheel   - build dist/structops-*.whl (pins the torch it was compiled against)
 #
 # Variables: STRUCTOPS_CUDA=AUTO|ON|OFF (default AUTO), STRUCTOPS_CUDA_ARCHS (default
 # "80;90a-real"), PYTHON (interpreter used to create .venv), PYTEST_ARGS.
@@ -21,7 +22,7 @@ PYTEST_ARGS ?=
 SOURCES := CMakeLists.txt pyproject.toml $(wildcard cmake/*.cmake third_party/*.cmake) \
            $(shell find csrc python -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.inc' -o -name '*.py' \) 2>/dev/null)
 
-.PHONY: all venv build test bench bench-cpp clean distclean
+.PHONY: all venv build test bench bench-cpp wheel clean distclean
 
 all: build
 
@@ -44,8 +45,22 @@ $(VENV)/.build-stamp-$(STRUCTOPS_CUDA): $(VENV)/.deps-stamp $(SOURCES)
 
 build: $(VENV)/.build-stamp-$(STRUCTOPS_CUDA)
 
+# The suite runs once per compiled CPU kernel variant, each forced with STRUCTOPS_CPU_ISA (the
+# conftest checks the forced variant is the one in use); variants this CPU cannot run are
+# reported and skipped.  Nothing may depend on one CPU's rounding.  The packaging tests
+# (wheel build + fresh-venv install) do not depend on the variant and run in the first pass only.
 test: build
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@set -e; avail=$$($(PY) -c "import structops; print(structops.build_info()['cpu_isas_available'])"); \
+	first=1; \
+	for isa in $$($(PY) -c "import structops; print(' '.join(structops.build_info()['cpu_isas_compiled'].split(',')))"); do \
+	  case ",$$avail," in \
+	    *,$$isa,*) \
+	      if [ $$first = 1 ]; then sel="not slow"; else sel="not slow and not packaging"; fi; \
+	      echo "=== make test: STRUCTOPS_CPU_ISA=$$isa (-m '$$sel') ==="; \
+	      STRUCTOPS_CPU_ISA=$$isa $(PY) -m pytest -q -m "$$sel" $(PYTEST_ARGS); first=0 ;; \
+	    *) echo "=== make test: skipping STRUCTOPS_CPU_ISA=$$isa: this CPU does not support it (available: $$avail) ===" ;; \
+	  esac; \
+	done
 
 bench: build
 	$(PY) bench/bench_monarch.py --json bench/results/monarch.json
@@ -58,8 +73,14 @@ bench-cpp: build
 	build/bench/bench/cpp/bench_monarch_cpu
 	if [ -x build/bench/bench/cpp/bench_monarch_cuda ]; then build/bench/bench/cpp/bench_monarch_cuda; fi
 
+# A wheel of the extension in dist/, built against .venv's torch (its metadata pins
+# torch==X.Y.*); reuses the build dir of `make build`, so it only re-links.
+wheel: build
+	$(PIP) wheel --no-build-isolation --no-deps . -w dist -Cbuild-dir=$(BUILD_DIR) -Ccmake.define.STRUCTOPS_CUDA=$(STRUCTOPS_CUDA)
+	@ls -la dist/*.whl
+
 clean:
-	rm -rf build $(VENV)/.build-stamp-*
+	rm -rf build dist $(VENV)/.build-stamp-*
 
 distclean: clean
 	rm -rf $(VENV)

@@ -96,6 +96,15 @@ def bench_case(tokens: int, n: int, nblocks: int, device: str, dtype, min_runs: 
         "bmm_reference": lambda: reference.monarch_matmul_bmm(x, w1, w2),
         "dense": lambda: F.linear(x, W),
     }
+    if device == "cuda":  # each GEMM engine of structops (STRUCTOPS_CUDA_GEMM is read per call)
+        for engine in ("cutlass", "cublas"):
+            def run(engine=engine):
+                os.environ["STRUCTOPS_CUDA_GEMM"] = engine
+                try:
+                    return structops.monarch_matmul(x, w1, w2)
+                finally:
+                    os.environ.pop("STRUCTOPS_CUDA_GEMM", None)
+            contenders[f"structops[{engine}]"] = run
     params = {"dense": (x, W)}
     fwd_fns, fwd_bwd_fns = {}, {}
     for name, f in contenders.items():
@@ -143,6 +152,11 @@ def bench_case(tokens: int, n: int, nblocks: int, device: str, dtype, min_runs: 
     summary["best_fwd_bwd_vs_bmm"] = results["bmm_reference"]["fwd_bwd_ms"] / results[best]["fwd_bwd_ms"]
     summary["best_fwd_bwd_vs_dense"] = results["dense"]["fwd_bwd_ms"] / results[best]["fwd_bwd_ms"]
     summary["best_fwd_bwd_of_ideal"] = summary["best_fwd_bwd_vs_dense"] / ideal
+    for name in results:
+        if name.startswith("structops["):
+            t = results[name]["fwd_bwd_ms"]
+            summary[f"{name}_fwd_bwd_vs_dense"] = results["dense"]["fwd_bwd_ms"] / t
+            summary[f"{name}_fwd_bwd_vs_bmm"] = results["bmm_reference"]["fwd_bwd_ms"] / t
     return {"tokens": tokens, "n": n, "nblocks": nblocks, "block": b, "results": results, "summary": summary}
 
 
@@ -190,7 +204,7 @@ def main(argv=None) -> int:
     print(f"# structops Monarch benchmark  {meta['date']}  commit {meta['commit']}")
     print(f"# {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, {meta['dtype']}, "
           f"CPU kernels: {meta['structops']['cpu_isa_in_use']}")
-    hdr = f"{'tokens':>6} {'n':>5} {'nb':>3} {'impl':<21} {'fwd ms':>9} {'fwd+bwd ms':>11} {'GFLOP/s':>8}"
+    hdr = f"{'tokens':>6} {'n':>5} {'nb':>3} {'impl':<22} {'fwd ms':>9} {'fwd+bwd ms':>11} {'GFLOP/s':>8}"
     print(hdr)
     print("-" * len(hdr))
     out = []
@@ -198,7 +212,7 @@ def main(argv=None) -> int:
         r = bench_case(tokens, n, nb, args.device, dtype, min_runs, min_seconds)
         out.append(r)
         for name, m in r["results"].items():
-            print(f"{tokens:>6} {n:>5} {nb:>3} {name:<21} {m['fwd_ms']:>9.1f} {m['fwd_bwd_ms']:>11.1f} "
+            print(f"{tokens:>6} {n:>5} {nb:>3} {name:<22} {m['fwd_ms']:>9.1f} {m['fwd_bwd_ms']:>11.1f} "
                   f"{m['fwd_bwd_gflops']:>8.0f}")
         s = r["summary"]
         print(f"{'':>17}fwd+bwd: {s['fwd_bwd_vs_bmm']:.2f}x vs bmm, {s['fwd_bwd_vs_dense']:.2f}x vs dense "
@@ -207,6 +221,9 @@ def main(argv=None) -> int:
               f"{s['fwd_bwd_vs_dense_paired']:.2f}x vs dense ({s['rounds']} rounds); "
               f"best variant {s['best_structops_variant']}: {s['best_fwd_bwd_vs_bmm']:.2f}x vs bmm, "
               f"{s['best_fwd_bwd_vs_dense']:.2f}x vs dense ({s['best_fwd_bwd_of_ideal']:.2f} of ideal)")
+        for key in [k for k in s if k.startswith("structops[") and k.endswith("_vs_dense")]:
+            eng = key[: -len("_fwd_bwd_vs_dense")]
+            print(f"{'':>17}{eng}: {s[key]:.2f}x vs dense, {s[eng + '_fwd_bwd_vs_bmm']:.2f}x vs bmm (fwd+bwd)")
         print()
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

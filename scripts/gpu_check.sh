@@ -1,24 +1,64 @@
 #!/usr/bin/env bash
-# One-shot GPU check for a machine with an NVIDIA GPU, its own torch and no internet:
-# builds structops against that torch (CUDA forced on), runs the CUDA tests and the benchmarks,
-# and leaves logs and JSON in the folder given as the first argument (default: gpu_out).
+# One-shot GPU check (DESIGN §8) for a bare GPU machine with its own torch and no internet:
+#   bash scripts/gpu_check.sh OUTDIR            # on the GPU machine (device tool: OUTDIR=$OUT)
+#   GPU_CHECK_DRY=1 bash scripts/gpu_check.sh D  # anywhere: every stage that needs no GPU (CI)
 #
-#   bash scripts/gpu_check.sh "$OUT"
+# Stages, each under its own `timeout`; the whole script is sized for < 6 min on a 16-core H200:
+#   env      tool and library versions                               -> env.txt
+#   build    one configure/build of the extension *and* the CUDA microbenchmark, for the GPU's
+#            own arch (dry: the archs of `make test`, reusing build/dev)  -> logs.tar.gz:build.log
+#   sass     HMMA/HGMMA/FFMA counts of the built kernels (check_sass.py)  -> sass.txt
+#   tests    pytest -m cuda -x tests/test_cuda.py, 60 s per test (no CPU suite)  -> pytest_cuda.log
+#   memcheck compute-sanitizer --tool memcheck on one small k != l multi-tile case  -> in summary
+#   bench    bf16 fwd+bwd: tokens 16384 n 4096 nblocks 4 and 64, tokens 65536 n 1024 nblocks 32;
+#            structops (each engine) vs dense cuBLAS vs the bmm reference  -> bench_cuda.json/.log
+#   bench-c  the C++ CUDA microbenchmark (CUTLASS engine, no torch)  -> logs.tar.gz
+# At most 8 files are left in OUTDIR: summary.txt env.txt sass.txt pytest_cuda.log
+# bench_cuda.log bench_cuda.json memcheck.log logs.tar.gz (everything else is tarred).
 #
-# Needs on the machine: python3 with torch (CUDA build), nvcc of the same CUDA major version,
-# cmake, ninja, pybind11, scikit-build-core, pytest.  The CUTLASS headers come from a carried
-# wheel: run scripts/fetch_gpu_wheels.sh beforehand here, and carry the .whl folder along.
-# STRUCTOPS_CUDA_ARCHS defaults to the GPU's own arch (e.g. 90a-real on H100/H200).
+# Needs there: python3 with torch (CUDA build), nvcc of torch's CUDA major, cmake >= 3.26, ninja,
+# pybind11, scikit-build-core, pytest.  CUTLASS headers: carry .whl/ from
+# scripts/fetch_gpu_wheels.sh.  STRUCTOPS_CUDA_ARCHS defaults to the GPU's own arch.
 set -uo pipefail
 out=${1:-gpu_out}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-log() { echo "[gpu_check] $*" | tee -a "$out/summary.txt"; }
+DRY=${GPU_CHECK_DRY:-0}
+if [ "$DRY" = 1 ]; then
+  PY=${PYTHON:-.venv/bin/python}
+  BUILD_DIR=${GPU_CHECK_BUILD_DIR:-build/dev}
+else
+  PY=${PYTHON:-python3}
+  BUILD_DIR=${GPU_CHECK_BUILD_DIR:-build/gpu}
+fi
+t0=$(date +%s)
+log() { echo "[gpu_check $(( $(date +%s) - t0 ))s] $*" | tee -a "$out/summary.txt"; }
+: > "$out/summary.txt"
+log "start (dry=$DRY, python $PY, build dir $BUILD_DIR)"
 
-{ nvidia-smi; nvcc --version; $PY -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; } \
-  > "$out/env.txt" 2>&1
-log "$(tail -1 "$out/env.txt")"
+# ---- env ----------------------------------------------------------------------------------
+{
+  date -u; uname -a
+  nvidia-smi 2>&1 | head -20 || echo "nvidia-smi: not available"
+  nvcc --version 2>&1 | tail -2 || echo "nvcc: not found"
+  $PY - <<'PYEOF'
+import importlib, importlib.metadata as md, sys
+print("python", sys.version.split()[0])
+for name in ("torch", "numpy", "pytest", "cmake", "ninja", "pybind11", "scikit-build-core", "nvidia-cutlass"):
+    try:
+        print(name, md.version(name))
+    except md.PackageNotFoundError:
+        print(name, "not installed")
+import torch
+print("torch cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("device", p.name, "cc", f"{p.major}.{p.minor}", "SMs", p.multi_processor_count, "mem GiB", round(p.total_memory / 2**30))
+PYEOF
+  command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || echo "compute-sanitizer: not found"
+} > "$out/env.txt" 2>&1
+log "env: $(grep -E '^(torch|device) ' "$out/env.txt" | tr '\n' ' ')"
 
 # carried wheels (nvidia-cutlass headers, anything else missing there)
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -26,36 +66,88 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     && export PYTHONPATH=/tmp/structops-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
+have_gpu=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+if [ "$DRY" != 1 ] && [ "$have_gpu" != 1 ]; then
+  log "no GPU visible to torch: run with GPU_CHECK_DRY=1 for the GPU-free stages"; exit 1
+fi
 if [ -z "${STRUCTOPS_CUDA_ARCHS:-}" ]; then
-  cc=$($PY -c "import torch; m,n=torch.cuda.get_device_capability(); print(f'{m}{n}')")
-  case "$cc" in 90) STRUCTOPS_CUDA_ARCHS="90a-real" ;; *) STRUCTOPS_CUDA_ARCHS="${cc}-real" ;; esac
+  if [ "$have_gpu" = 1 ]; then
+    cc=$($PY -c "import torch; m,n=torch.cuda.get_device_capability(); print(f'{m}{n}')")
+    case "$cc" in 90) STRUCTOPS_CUDA_ARCHS="90a-real" ;; *) STRUCTOPS_CUDA_ARCHS="${cc}-real" ;; esac
+  else
+    STRUCTOPS_CUDA_ARCHS="80;90a-real"
+  fi
 fi
 export STRUCTOPS_CUDA=ON STRUCTOPS_CUDA_ARCHS
-cmake_ok=$($PY -c "import cmake, sys; v=tuple(int(x) for x in cmake.__version__.split('.')[:3]); print(int(v >= (3,31,9)))" 2>/dev/null || echo 0)
+sass_arch=$(echo "$STRUCTOPS_CUDA_ARCHS" | tr ';' '\n' | sed -E 's/-real|-virtual//; s/^/sm_/' | tr '\n' ' ')
+
+# ---- build --------------------------------------------------------------------------------
 extra=()
+cmake_ok=$($PY -c "import cmake; v=tuple(int(x) for x in cmake.__version__.split('.')[:3]); print(int(v >= (3,31,9)))" 2>/dev/null || echo 0)
 [ "$cmake_ok" = 1 ] || extra+=("-Ccmake.version=>=3.26")
-
-start=$(date +%s)
-if $PY -m pip install --no-build-isolation --no-deps -v -e . -Cbuild-dir=build/gpu "${extra[@]}" > "$out/build.log" 2>&1; then
-  log "build ok ($(( $(date +%s) - start )) s, archs $STRUCTOPS_CUDA_ARCHS)"
+if timeout 420 $PY -m pip install --no-build-isolation --no-deps -v -e . -Cbuild-dir="$BUILD_DIR" \
+     -Ccmake.define.STRUCTOPS_CUDA=ON -Ccmake.define.STRUCTOPS_BUILD_BENCH=ON "${extra[@]}" > "$out/build.log" 2>&1; then
+  log "build ok (archs $STRUCTOPS_CUDA_ARCHS)"
 else
-  log "BUILD FAILED (see build.log)"; tail -40 "$out/build.log"; exit 1
+  log "BUILD FAILED (build.log in logs.tar.gz)"; tail -30 "$out/build.log"
+  tar -C "$out" -czf "$out/logs.tar.gz" build.log && rm -f "$out/build.log"; exit 1
 fi
-$PY -c "import structops, json; print(json.dumps(structops.build_info()))" | tee -a "$out/summary.txt"
+$PY -c "import structops, json; print(json.dumps(structops.build_info()))" >> "$out/summary.txt" 2>&1
 
+# ---- sass ---------------------------------------------------------------------------------
+sass_args=()
+for a in $sass_arch; do sass_args+=(--arch "$a"); done
+if timeout 120 $PY scripts/check_sass.py "${sass_args[@]}" > "$out/sass.txt" 2>&1; then
+  log "sass: $(tail -1 "$out/sass.txt")"
+else
+  log "sass: FAILED or tools missing: $(tail -1 "$out/sass.txt")"
+fi
+
+# ---- tests --------------------------------------------------------------------------------
 export PYTHONUNBUFFERED=1
-$PY -m pytest -q -m cuda tests/test_cuda.py --junitxml "$out/pytest_cuda.xml" 2>&1 | tee "$out/pytest_cuda.log" | tail -5
-log "cuda tests: $(tail -1 "$out/pytest_cuda.log")"
-$PY -m pytest -q tests/test_monarch.py -x 2>&1 | tail -2 > "$out/pytest_cpu_smoke.log"
-log "cpu smoke: $(tail -1 "$out/pytest_cpu_smoke.log")"
+STRUCTOPS_TEST_TIMEOUT=60 timeout 240 $PY -m pytest -q -x -m cuda tests/test_cuda.py -p no:cacheprovider \
+  > "$out/pytest_cuda.log" 2>&1
+log "cuda tests (exit $?): $(tail -1 "$out/pytest_cuda.log")"
 
-timeout 420 $PY bench/bench_monarch.py --device cuda --json "$out/bench_cuda.json" 2>&1 | tee "$out/bench_cuda.log"
-log "python bench exit $?"
-if cmake -S . -B build/gpu-bench -G Ninja -DPython_EXECUTABLE="$(command -v $PY)" -DSTRUCTOPS_BUILD_PYTHON=OFF \
-     -DSTRUCTOPS_BUILD_BENCH=ON -DSTRUCTOPS_CUDA=ON "-DSTRUCTOPS_CUDA_ARCHS=$STRUCTOPS_CUDA_ARCHS" > "$out/bench_cpp_build.log" 2>&1 \
-   && cmake --build build/gpu-bench --target bench_monarch_cuda >> "$out/bench_cpp_build.log" 2>&1; then
-  build/gpu-bench/bench/cpp/bench_monarch_cuda | tee "$out/bench_cuda_cpp.jsonl"
+# ---- memcheck -----------------------------------------------------------------------------
+san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ "$have_gpu" = 1 ] && [ -n "$san" ]; then
+  timeout 180 "$san" --tool memcheck --error-exitcode 3 $PY scripts/gpu_sanitize_case.py > "$out/memcheck.log" 2>&1
+  log "memcheck (exit $?): $(grep -E 'ERROR SUMMARY' "$out/memcheck.log" | tail -1)"
 else
-  log "C++ CUDA bench build failed (see bench_cpp_build.log)"
+  timeout 60 $PY scripts/gpu_sanitize_case.py > "$out/memcheck.log" 2>&1
+  log "memcheck: skipped (gpu=$have_gpu, sanitizer=${san:-none}); the case ran plain: exit $?"
 fi
-log "done in $(( $(date +%s) - start )) s"
+
+# ---- bench --------------------------------------------------------------------------------
+if [ "$have_gpu" = 1 ]; then
+  timeout 240 $PY bench/bench_monarch.py --device cuda --dtype bfloat16 \
+    --cases 16384:4096:4,16384:4096:64,65536:1024:32 --json "$out/bench_cuda.json" > "$out/bench_cuda.log" 2>&1
+  log "python bench (exit $?)"
+  grep -E "structops\[|vs dense" "$out/bench_cuda.log" | tee -a "$out/summary.txt" >/dev/null
+else
+  echo "no GPU: the benchmark needs one" > "$out/bench_cuda.log"
+  log "bench: skipped (no GPU)"
+fi
+bench_bin="$BUILD_DIR/bench/cpp/bench_monarch_cuda"
+if [ -x "$bench_bin" ]; then
+  timeout 120 "$bench_bin" 16384 4096 4 16384 4096 64 65536 1024 32 > "$out/bench_cuda_cpp.jsonl" 2>&1
+  log "C++ bench (exit $?): $(head -c 300 "$out/bench_cuda_cpp.jsonl")"
+else
+  log "C++ bench: $bench_bin was not built"
+fi
+
+# ---- at most 8 files ----------------------------------------------------------------------
+keep="summary.txt env.txt sass.txt pytest_cuda.log bench_cuda.log bench_cuda.json memcheck.log logs.tar.gz"
+extra_files=()
+for f in "$out"/*; do
+  b=$(basename "$f")
+  case " $keep " in *" $b "*) ;; *) extra_files+=("$b") ;; esac
+done
+log "done in $(( $(date +%s) - t0 )) s"
+if [ ${#extra_files[@]} -gt 0 ]; then
+  tar -C "$out" -czf "$out/logs.tar.gz" "${extra_files[@]}" && (cd "$out" && rm -rf "${extra_files[@]}")
+fi
+n=$(ls "$out" | wc -l)
+if [ "$n" -gt 8 ]; then echo "gpu_check: $n files in $out (max 8)" >&2; exit 1; fi
+exit 0

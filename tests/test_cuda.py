@@ -1,7 +1,12 @@
 """CUDA kernels (marked `cuda`: skipped without a GPU; scripts/gpu_check.sh runs them).
 
+Every numerical test runs with both GEMM engines (STRUCTOPS_CUDA_GEMM=cutlass: structops'
+tensor-core kernels; cublas: ATen/cuBLAS), and fp32 with and without TF32.
+
 Low-precision tolerance (DESIGN §6): err(kernel) <= 2 * err(reference run in the same dtype)
 + eps, errors measured against a float64 CPU reference."""
+
+import os
 
 import pytest
 import torch
@@ -11,6 +16,25 @@ from structops import reference
 from structops.nn import MonarchLinear
 
 pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture(params=["cutlass", "cublas"], autouse=True)
+def engine(request):
+    old = os.environ.get("STRUCTOPS_CUDA_GEMM")
+    os.environ["STRUCTOPS_CUDA_GEMM"] = request.param
+    yield request.param
+    if old is None:
+        os.environ.pop("STRUCTOPS_CUDA_GEMM", None)
+    else:
+        os.environ["STRUCTOPS_CUDA_GEMM"] = old
+
+
+@pytest.fixture(params=[False, True], ids=["exact_fp32", "tf32"])
+def tf32(request):
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = request.param
+    yield request.param
+    torch.backends.cuda.matmul.allow_tf32 = old
 
 SHAPES = [(4, 4, 4, 4, 4, 4), (32, 32, 32, 32, 32, 32), (8, 24, 12, 24, 16, 8), (3, 5, 2, 5, 7, 3),
           (4, 256, 256, 4, 256, 256), (1, 6, 5, 1, 4, 6)]
@@ -36,6 +60,9 @@ def _grads(fn, inputs, g):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("recompute", [False, True])
 def test_matches_reference(shape, dtype, recompute):
+    # fp32 here runs exact (TF32 off: the reference comparison would otherwise measure TF32);
+    # test_tf32_tolerance covers TF32.
+    torch.backends.cuda.matmul.allow_tf32 = False
     (x, w1, w2), exact_inputs = make(*shape, dtype=dtype)
     exact_inputs = [t.clone().requires_grad_() for t in exact_inputs]
     g = torch.randn(33, shape[3] * shape[4], dtype=torch.float64)
@@ -117,3 +144,69 @@ def test_torch_compile_cuda():
         for _ in range(3):
             out = cg(x)
         torch.testing.assert_close(out, model(x))
+
+
+REALISTIC = [  # (tokens, k, q, p, l, s, r): multi-tile in every dimension, k != l
+    (4096, 4, 256, 256, 4, 256, 256),
+    (4096, 16, 64, 64, 16, 64, 64),
+    (4160, 8, 96, 128, 12, 80, 64),
+]
+
+
+@pytest.mark.parametrize("shape", REALISTIC)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_realistic_sizes_nan_poisoned(shape, dtype, engine):
+    """bf16/fp16 at realistic sizes with the caching allocator's blocks poisoned with NaN first:
+    any output element or workspace entry a kernel forgets to write shows up as NaN."""
+    tokens, k, q, p, l, s, r = shape
+    poison = torch.full((tokens * max(k * p, l * s, k * q) * 8,), float("nan"), device="cuda", dtype=torch.float32)
+    del poison  # its block goes back to the caching allocator, NaN-filled, and is reused below
+    (x, w1, w2), exact_in = make(k, q, p, l, s, r, lead=(tokens,), dtype=dtype)
+    g = torch.randn(tokens, l * s, dtype=torch.float64)
+    ours = _grads(structops.monarch_matmul, (x, w1, w2), g.cuda())
+    low = _grads(reference.monarch_matmul, [t.detach().clone().requires_grad_() for t in (x, w1, w2)], g.cuda())
+    exact = _grads(reference.monarch_matmul, [t.clone().requires_grad_() for t in exact_in], g)
+    for o, lp, e in zip(ours, low, exact):
+        assert not torch.isnan(o).any(), f"{engine}: unwritten (NaN) entries in an output of shape {tuple(o.shape)}"
+        assert _err(o, e) <= 2 * _err(lp, e) + 1e-3
+
+
+def test_tf32_tolerance(tf32, engine):
+    """fp32 with TF32 allowed stays within TF32 accuracy; without it, within fp32 accuracy."""
+    (x, w1, w2), exact_in = make(8, 128, 128, 8, 128, 128, lead=(1024,))
+    y = structops.monarch_matmul(x, w1, w2)
+    e = reference.monarch_matmul(*exact_in)
+    rel = ((y.double().cpu() - e).norm() / e.norm()).item()
+    assert rel < (5e-3 if tf32 else 1e-5), rel
+
+
+def test_engine_env_is_validated():
+    os.environ["STRUCTOPS_CUDA_GEMM"] = "fastest"
+    (x, w1, w2), _ = make(4, 4, 4, 4, 4, 4)
+    with pytest.raises(ValueError, match="STRUCTOPS_CUDA_GEMM must be one of auto, cutlass, cublas"):
+        structops.monarch_matmul(x, w1, w2)
+
+
+def test_complex_is_cpu_only():
+    x = torch.randn(3, 16, dtype=torch.complex64, device="cuda")
+    w = torch.randn(4, 4, 4, dtype=torch.complex64, device="cuda")
+    with pytest.raises(RuntimeError, match="supported on cpu only"):
+        structops.monarch_matmul(x, w, w)
+
+
+def test_cuda_graph_capture(engine):
+    """No host sync, no allocation outside the caching allocator: capturable as a CUDA graph."""
+    (x, w1, w2), _ = make(8, 64, 64, 8, 64, 64, lead=(512,), dtype=torch.bfloat16)
+    xs, a, b = x.detach(), w1.detach(), w2.detach()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            structops.monarch_matmul(xs, a, b)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = structops.monarch_matmul(xs, a, b)
+    xs.copy_(torch.randn_like(xs))
+    graph.replay()
+    torch.testing.assert_close(out, structops.monarch_matmul(xs, a, b))

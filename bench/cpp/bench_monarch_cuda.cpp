@@ -1,6 +1,6 @@
 // Standalone microbenchmark of the torch-free CUDA Monarch kernels (links structops_cuda_kernels
 // and cudart only).  Compiles everywhere the CUDA build does; on a machine without a GPU it says
-// so and exits 0.  Usage: bench_monarch_cuda [batch n nblocks]...   (bf16, CUDA-event timing,
+// so and exits 0.  Usage: bench_monarch_cuda [batch n nblocks]...   (bf16, CUTLASS engine, CUDA-event timing,
 // median of 20 runs after 3 warm-ups; one JSON object per line)
 #include <cuda_runtime_api.h>
 
@@ -52,6 +52,10 @@ int main(int argc, char** argv) {
   if (cases.empty()) cases = {65536, 1024, 32, 65536, 1024, 4, 16384, 4096, 64, 16384, 4096, 4};
   cudaStream_t s;
   CHECK_CUDA(cudaStreamCreate(&s));
+  int sms = 0;
+  CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  structops::CudaOptions opt;  // the CUTLASS engine (cuBLAS needs the torch layer)
+  opt.sm_count = sms;
   for (size_t c = 0; c + 2 < cases.size(); c += 3) {
     const long long batch = cases[c], n = cases[c + 1], nb = cases[c + 2], b = n / nb;
     structops::MonarchDims d;
@@ -64,9 +68,11 @@ int main(int argc, char** argv) {
     for (void* p : {w1, w2}) CHECK_CUDA(cudaMemset(p, 0, wts));
     structops::MonarchForwardParams f;
     f.dims = d; f.dtype = structops::DType::kBFloat16; f.x = x; f.x_stride = n; f.w1 = w1; f.w2 = w2; f.y = y; f.v = u;
+    f.cuda = opt;
     structops::MonarchBackwardParams g;
     g.dims = d; g.dtype = structops::DType::kBFloat16; g.dy = dy; g.dy_stride = n; g.x = x; g.x_stride = n;
     g.w1 = w1; g.w2 = w2; g.v = u; g.dx = dx; g.dw1 = dw1; g.dw2 = dw2;
+    g.cuda = opt;
     const long long wsb = std::max(structops::monarch_forward_cuda_workspace(f), structops::monarch_backward_cuda_workspace(g));
     void* ws = nullptr;
     if (wsb) CHECK_CUDA(cudaMalloc(&ws, wsb));
@@ -80,7 +86,7 @@ int main(int argc, char** argv) {
     };
     const double flops = 4.0 * batch * n * b;
     const double tf = median_ms(fwd, s), tb = median_ms(bwd, s);
-    std::printf("{\"bench\": \"monarch_cuda_bf16\", \"batch\": %lld, \"n\": %lld, \"nblocks\": %lld, \"fwd_ms\": %.3f, "
+    std::printf("{\"bench\": \"monarch_cuda_bf16_cutlass\", \"batch\": %lld, \"n\": %lld, \"nblocks\": %lld, \"fwd_ms\": %.3f, "
                 "\"bwd_ms\": %.3f, \"fwd_tflops\": %.1f, \"fwd_bwd_tflops\": %.1f}\n",
                 batch, n, nb, tf, tb, flops / tf / 1e9, 3 * flops / (tf + tb) / 1e9);
     for (void* p : {x, y, u, dy, dx, w1, w2, dw1, dw2}) CHECK_CUDA(cudaFree(p));

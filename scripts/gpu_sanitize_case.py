@@ -1,0 +1,39 @@
+"""One small multi-tile Monarch case with k != l, forward and backward, on both GEMM engines,
+for `compute-sanitizer --tool memcheck` (scripts/gpu_check.sh).  Exits 0 and says so without a
+GPU.  Small on purpose: memcheck slows kernels down ~100x."""
+
+import os
+import sys
+
+import torch
+
+import structops
+from structops import reference
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("gpu_sanitize_case: no CUDA device, nothing to check")
+        return 0
+    torch.manual_seed(0)
+    # k=3, q=72, p=136 / l=4, s=80, r=54: several 64/128-wide tiles per block, k != l, token split
+    k, q, p, l, s, r = 3, 72, 136, 4, 80, 54
+    worst = 0.0
+    for engine in ("cutlass", "cublas"):
+        os.environ["STRUCTOPS_CUDA_GEMM"] = engine
+        for dtype in (torch.bfloat16, torch.float32):
+            x = torch.randn(2200, k * p, device="cuda", dtype=dtype, requires_grad=True)
+            w1 = (torch.randn(k, q, p, device="cuda", dtype=dtype) / p**0.5).requires_grad_()
+            w2 = (torch.randn(l, s, r, device="cuda", dtype=dtype) / r**0.5).requires_grad_()
+            y = structops.monarch_matmul(x, w1, w2)
+            grads = torch.autograd.grad(y.float().square().sum(), (x, w1, w2))
+            ref = reference.monarch_matmul(x.double(), w1.double(), w2.double())
+            err = ((y.double() - ref).norm() / ref.norm()).item()
+            worst = max(worst, err)
+            print(f"{engine:8s} {str(dtype):15s} rel err {err:.2e}  grads finite {all(torch.isfinite(g).all().item() for g in grads)}")
+    torch.cuda.synchronize()
+    return 0 if worst < 3e-2 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
