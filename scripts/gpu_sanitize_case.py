@@ -16,10 +16,11 @@ def main() -> int:
         print("gpu_sanitize_case: no CUDA device, nothing to check")
         return 0
     torch.manual_seed(0)
-    # k=3, q=72, p=136 / l=4, s=80, r=54: several 64/128-wide tiles per block, k != l, token split
-    k, q, p, l, s, r = 3, 72, 136, 4, 80, 54
+    # (3, 72, 136 / 4, 80, 54): several 64/128-wide tiles per block, k != l, token split, P_mid as
+    # a transpose; (2, 64, 96 / 4, 48, 32): q/l = 16, P_mid folded into the first factor
     worst = 0.0
-    for engine in ("cutlass", "cublas"):
+    for (k, q, p, l, s, r), engine in [(sh, e) for sh in ((3, 72, 136, 4, 80, 54), (2, 64, 96, 4, 48, 32))
+                                       for e in ("cutlass", "cublas")]:
         os.environ["STRUCTOPS_CUDA_GEMM"] = engine
         for dtype in (torch.bfloat16, torch.float32):
             x = torch.randn(2200, k * p, device="cuda", dtype=dtype, requires_grad=True)
@@ -30,7 +31,7 @@ def main() -> int:
             ref = reference.monarch_matmul(x.double(), w1.double(), w2.double())
             err = ((y.double() - ref).norm() / ref.norm()).item()
             worst = max(worst, err)
-            print(f"{engine:8s} {str(dtype):15s} rel err {err:.2e}  grads finite {all(torch.isfinite(g).all().item() for g in grads)}")
+            print(f"{(k, q, p, l, s, r)} {engine:8s} {str(dtype):15s} rel err {err:.2e}  grads finite {all(torch.isfinite(g).all().item() for g in grads)}")
     torch.cuda.synchronize()
     return 0 if worst < 3e-2 else 1
 

@@ -45,5 +45,5 @@ def test_cuda_orchestration_on_host(tmp_path):
     out = subprocess.run([str(exe)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "FAIL" not in out.stdout, out.stdout
-    # 13 selection checks + token splits + unregistered cuBLAS + 11 shapes x (save v, recompute)
-    assert out.stdout.count("ok  ") == 13 + 1 + 1 + 22, out.stdout
+    # 13 selection checks + token splits + unregistered cuBLAS + 14 cases x (save v, recompute)
+    assert out.stdout.count("ok  ") == 13 + 1 + 1 + 28, out.stdout

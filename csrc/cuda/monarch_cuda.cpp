@@ -18,6 +18,14 @@
 //   dx     k      B x p x q     dU  (row, kq, q)               w1 (row, p, q*p)                dx (n, p)
 //   dW1    k      q x p x B     dU  (col, kq, q) = dU^T        x  (row, xs, p)                 fp32 parts (p, q*p)
 //
+// P_mid fold (forward, and the backward's recompute of v): when q is a multiple of l with
+// q/l a multiple of 8 (16-byte rows for the tensor-op kernels) and k <= kMaxFoldBlocks, F1 writes
+// v directly and the u -> v transpose disappears.  For input block i and output block lm,
+//   v[t, lm*r + i*(q/l) + a'] = sum_c x[t, i*p + c] w1[i, a'*l + lm, c]
+// i.e. for each i one GEMM batched over lm with B = w1[i] rows lm, lm+l, ... read in place as a
+// column-major operand (ld = l*p, batch stride p) — a row-permuted w1 without packing it:
+//   F1'    l (per i)  B x q/l x p   x (row, xs, 0)   w1[i] (col, l*p, p)   v + i*q/l (kq, r)
+//
 // The weight-gradient GEMMs reduce over all tokens.  With the CUTLASS engine they run as `splits`
 // launches over token ranges (gemm::token_splits: from the SM count and the output tile count)
 // writing fp32 partials that reduce_splits sums in split order and converts (deterministic, no
@@ -83,6 +91,34 @@ BatchedGemm first_factor(const MonarchDims& d, DType dt, const void* x, int64_t 
                    ref(w1, d.p, d.q * d.p, Layout::kColumnMajor), u, ldu, d.q);
 }
 
+constexpr int64_t kMaxFoldBlocks = 16;  // k launches: worth it only for few, large blocks
+
+bool fold_pmid(const MonarchDims& d) {
+  return d.has_second_factor() && d.q % d.l == 0 && (d.q / d.l) % 8 == 0 && d.k <= kMaxFoldBlocks;
+}
+
+// v = P_mid BD(w1) x: folded (k GEMMs writing v) or u -> scratch then a row transpose.
+const char* first_factor_v(const MonarchDims& d, DType dt, const CudaOptions& o, const void* x, int64_t xs,
+                           const void* w1, void* v, void* u_scratch, cudaStream_t stream) {
+  if (fold_pmid(d)) {
+    const int64_t ql = d.q / d.l, es = dtype_size(dt);
+    for (int64_t i = 0; i < d.k; ++i) {
+      const char* xi = static_cast<const char*>(x) + i * d.p * es;
+      const char* wi = static_cast<const char*>(w1) + i * d.q * d.p * es;
+      char* vi = static_cast<char*>(v) + i * ql * es;
+      const char* err = gemm::batched_gemm(
+          make_gemm(dt, d.batch, ql, d.p, d.l, ref(xi, xs, 0, Layout::kRowMajor),
+                    ref(wi, d.l * d.p, d.p, Layout::kColumnMajor), vi, d.mid(), d.r),
+          o, stream);
+      if (err) return err;
+    }
+    return nullptr;
+  }
+  const char* err = gemm::batched_gemm(first_factor(d, dt, x, xs, w1, u_scratch, d.mid()), o, stream);
+  if (err) return err;
+  return gemm::transpose_rows(dt, u_scratch, d.mid(), v, d.mid(), d.batch, d.r, d.l, stream);
+}
+
 bool splits_allowed(const CudaOptions& o) { return o.engine == GemmEngine::kCutlass; }
 
 int weight_grad_splits(const MonarchDims& d, DType dt, const CudaOptions& o, int64_t m, int64_t n, int64_t blocks) {
@@ -106,8 +142,8 @@ int64_t monarch_forward_cuda_workspace(const MonarchForwardParams& p) {
   const MonarchDims& d = p.dims;
   if (!d.has_second_factor()) return 0;
   const int64_t es = dtype_size(p.dtype);
-  const int64_t wide = d.mid() > d.m() ? d.mid() : d.m();
-  int64_t bytes = align_up(d.batch * wide * es);         // u, then w
+  const int64_t wide = fold_pmid(d) ? d.m() : (d.mid() > d.m() ? d.mid() : d.m());
+  int64_t bytes = align_up(d.batch * wide * es);         // u (unless folded), then w
   if (!p.v) bytes += align_up(d.batch * d.mid() * es);   // v when it is not saved
   return bytes;
 }
@@ -125,11 +161,10 @@ const char* monarch_forward_cuda(const MonarchForwardParams& p, CudaWorkspace ws
 
   const int64_t es = dtype_size(p.dtype);
   Ptr alloc(ws.ptr);
-  const int64_t wide = d.mid() > d.m() ? d.mid() : d.m();
-  void* uw = alloc.take(d.batch * wide * es);  // u, later w
+  const int64_t wide = fold_pmid(d) ? d.m() : (d.mid() > d.m() ? d.mid() : d.m());
+  void* uw = alloc.take(d.batch * wide * es);  // u (unless folded), later w
   void* v = p.v ? p.v : alloc.take(d.batch * d.mid() * es);
-  STRUCTOPS_TRY(gemm::batched_gemm(first_factor(d, p.dtype, p.x, p.x_stride, p.w1, uw, d.mid()), o, stream));
-  STRUCTOPS_TRY(gemm::transpose_rows(p.dtype, uw, d.mid(), v, d.mid(), d.batch, d.r, d.l, stream));   // P_mid
+  STRUCTOPS_TRY(first_factor_v(d, p.dtype, o, p.x, p.x_stride, p.w1, v, uw, stream));  // BD(w1), P_mid
   STRUCTOPS_TRY(gemm::batched_gemm(make_gemm(p.dtype, d.batch, d.s, d.r, d.l, ref(v, d.mid(), d.r, Layout::kRowMajor),
                                              ref(p.w2, d.r, d.s * d.r, Layout::kColumnMajor), uw, d.m(), d.s),
                                    o, stream));
@@ -221,9 +256,8 @@ const char* monarch_backward_cuda(const MonarchBackwardParams& p, CudaWorkspace 
     STRUCTOPS_TRY(gemm::transpose_rows(p.dtype, p.dy, p.dy_stride, dw, d.m(), d.batch, d.s, d.l, stream));  // P_out^T
     if (dw2) {
       const void* v = p.v;
-      if (!v) {  // recompute: u -> buf_b, v -> buf_a
-        STRUCTOPS_TRY(gemm::batched_gemm(first_factor(d, p.dtype, p.x, p.x_stride, p.w1, buf_b, d.mid()), o, stream));
-        STRUCTOPS_TRY(gemm::transpose_rows(p.dtype, buf_b, d.mid(), buf_a, d.mid(), d.batch, d.r, d.l, stream));
+      if (!v) {  // recompute: v -> buf_a (u -> buf_b unless folded)
+        STRUCTOPS_TRY(first_factor_v(d, p.dtype, o, p.x, p.x_stride, p.w1, buf_a, buf_b, stream));
         v = buf_a;
       }
       // dW2[lm] (s x r) = dw_lm^T v_lm

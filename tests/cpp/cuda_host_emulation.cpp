@@ -281,6 +281,10 @@ int main() {
       {{33, 3, 5, 2, 5, 7, 3}, GemmEngine::kCublas, 108, "cublas"},
       {{5000, 2, 3, 2, 2, 2, 3}, GemmEngine::kCublas, 132, "cublas"},
       {{9, 4, 6, 3, 0, 0, 0}, GemmEngine::kCublas, 108, "cublas"},
+      // P_mid folded into F1 (q/l = 8): k GEMMs batched over l write v directly
+      {{37, 2, 16, 8, 2, 24, 16}, GemmEngine::kCutlass, 108, "dmma"},
+      {{3000, 3, 32, 16, 4, 8, 24}, GemmEngine::kCutlass, 132, "reduce"},
+      {{37, 2, 16, 8, 2, 24, 16}, GemmEngine::kCublas, 108, "cublas"},
   };
   // cuBLAS without a registered engine must report an error, not crash.
   {

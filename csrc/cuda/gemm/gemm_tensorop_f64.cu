@@ -1,18 +1,12 @@
-// fp64 GEMMs on DMMA tensor cores (sm_80+: DMMA.884), fp64 accumulation and output.
+// fp64 GEMMs on DMMA tensor cores (sm_80+: DMMA.884), fp64 accumulation and output, tile
+// 64x64x16, 4 stages, 8-byte accesses (any alignment).
 #include "gemm_tensorop_impl.cuh"
 
 namespace structops {
 namespace cuda {
 namespace gemm {
 const char* tensorop_gemm_f64(const BatchedGemm& g, cudaStream_t stream) {
-  using Tile = GemmShape<64, 64, 16>;
-  using Warp = GemmShape<32, 32, 16>;
-  using Inst = GemmShape<8, 8, 4>;
-  const bool ar = g.a.layout == Layout::kRowMajor, br = g.b.layout == Layout::kRowMajor;
-  if (ar && !br) return run_tensorop<TensorOpGemm<double, RowMajor, ColumnMajor, double, double, Tile, Warp, Inst, 4, 1>>(g, stream);
-  if (ar && br) return run_tensorop<TensorOpGemm<double, RowMajor, RowMajor, double, double, Tile, Warp, Inst, 4, 1>>(g, stream);
-  if (!ar && br) return run_tensorop<TensorOpGemm<double, ColumnMajor, RowMajor, double, double, Tile, Warp, Inst, 4, 1>>(g, stream);
-  return "structops gemm: layout combination not instantiated for DMMA";
+  return run_wide<double, GemmShape<64, 64, 16>, GemmShape<32, 32, 16>, GemmShape<8, 8, 4>, 4, 1>(g, stream);
 }
 }  // namespace gemm
 }  // namespace cuda

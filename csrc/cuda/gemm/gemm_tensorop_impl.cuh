@@ -79,6 +79,17 @@ const char* run_16bit(const BatchedGemm& g, Tile16 tile, cudaStream_t stream) {
   return run_16bit_tile<T, GemmShape<64, 64, 32>, GemmShape<32, 32, 32>, 5>(g, stream);
 }
 
+// fp32 (TF32) and fp64 (DMMA): every combination writes the input dtype, which is also the
+// accumulator type (so it serves activations and weight-gradient partials alike).
+template <class T, class Tile, class Warp, class Inst, int Stages, int Align>
+const char* run_wide(const BatchedGemm& g, cudaStream_t stream) {
+  const bool ar = g.a.layout == Layout::kRowMajor, br = g.b.layout == Layout::kRowMajor;
+  if (ar && !br) return run_tensorop<TensorOpGemm<T, RowMajor, ColumnMajor, T, T, Tile, Warp, Inst, Stages, Align>>(g, stream);
+  if (ar && br) return run_tensorop<TensorOpGemm<T, RowMajor, RowMajor, T, T, Tile, Warp, Inst, Stages, Align>>(g, stream);
+  if (!ar && br) return run_tensorop<TensorOpGemm<T, ColumnMajor, RowMajor, T, T, Tile, Warp, Inst, Stages, Align>>(g, stream);
+  return "structops gemm: layout combination not instantiated for fp32/fp64 tensor cores";
+}
+
 }  // namespace gemm
 }  // namespace cuda
 }  // namespace structops

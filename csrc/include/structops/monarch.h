@@ -11,9 +11,10 @@
 //   y  (batch, l*s)      y[b, sg*l + lm] = sum_rh w2[lm, sg, rh] * v[b, lm*r + rh]   (P_out BD(w2) v)
 //
 // i.e. y = x M^T with M = P_out BD(w2) P_mid BD(w1): P_mid reads u as an (r, l) matrix and
-// transposes it, P_out writes the (l, s) result transposed.  Both permutations are folded into
-// index arithmetic by the GEMMs; y is never permuted after the fact.  v is only materialised
-// when it is saved for the backward pass (it is fly's `out1`, viewed as (batch, l, r)).
+// transposes it, P_out writes the (l, s) result transposed.  On the CPU both permutations are
+// folded into the fused kernels' index arithmetic or in-cache transposes; on CUDA they are
+// coalesced row transposes between tensor-core GEMMs.  v is the intermediate saved for the
+// backward pass on both backends (it is fly's `out1`, viewed as (batch, l, r)).
 //
 // The block-diagonal op is the first factor alone: w2 == nullptr and y == u.
 //
