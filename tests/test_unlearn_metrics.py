@@ -125,16 +125,22 @@ def test_quantize_rtn_known_values():
 
 def test_quantization_recovers_a_small_unlearning_update():
     """An 'unlearning' edit smaller than half an int4 bin disappears after quantisation — the
-    failure mode the probe exists to expose (arXiv 2410.16454)."""
+    failure mode the probe exists to expose (arXiv 2410.16454).  The edit leaves every row's
+    absmax alone, so both round to *exactly* the same weights; an identity 'quantiser' (or one
+    too fine to matter) fails this test."""
     orig = nn.Linear(4, 2, bias=False)
     with torch.no_grad():
         orig.weight.copy_(torch.tensor([[0.7, -0.7, 0.31, 0.0], [0.21, 0.7, -0.29, 0.1]]))
     unlearned = copy.deepcopy(orig)
-    with torch.no_grad():
-        unlearned.weight.add_(0.01)  # a tiny edit; the int4 bin width is 0.1 here
+    with torch.no_grad():  # +-0.01 edits on the non-extreme entries; the int4 bin width is 0.1
+        unlearned.weight[0, 2] += 0.01
+        unlearned.weight[1, 0] += 0.01
+        unlearned.weight[1, 3] -= 0.01
     qo, qu = probes.quantize_rtn(orig, 4), probes.quantize_rtn(unlearned, 4)
-    assert not torch.equal(orig.weight, unlearned.weight)
-    torch.testing.assert_close(qo.weight, qu.weight, atol=0.011, rtol=0)
+    assert (orig.weight - unlearned.weight).abs().max() > 0.009
+    assert torch.equal(qo.weight, qu.weight)
+    # and the same edit survives int8 (bin 0.0055): the probe separates the two bit widths
+    assert not torch.equal(probes.quantize_rtn(orig, 8).weight, probes.quantize_rtn(unlearned, 8).weight)
 
 
 def test_relearn_curve_shape_and_direction():
@@ -145,3 +151,19 @@ def test_relearn_curve_shape_and_direction():
     curve = probes.relearn(model, (x, y), lambda m: metrics.example_losses(m, (x, y)).mean().item(),
                            fraction=0.5, steps=20, lr=0.5)
     assert len(curve) == 21 and curve[-1] < curve[0]
+
+
+def test_truth_ratio_is_tofus_geometric_mean():
+    """Hand-computed from TOFU's definition: perturbed answers with per-token probabilities 0.1
+    and 0.4, correct answer 0.5 -> R = sqrt(0.1 * 0.4) / 0.5 = 0.4 (the arithmetic mean of the
+    probabilities would give 0.5)."""
+    import math
+
+    pert = torch.tensor([[math.log(0.1), math.log(0.4)]], dtype=torch.float64)
+    base = torch.tensor([math.log(0.5)], dtype=torch.float64)
+    assert metrics.truth_ratio(pert, base)[0] == pytest.approx(0.4, rel=1e-12)
+    assert metrics.truth_ratio(pert, base, mean="arithmetic")[0] == pytest.approx(0.5, rel=1e-12)
+    with pytest.raises(ValueError, match="geometric"):
+        metrics.truth_ratio(pert, base, mean="median")
+    with pytest.raises(ValueError, match=r"\(n, k\)"):
+        metrics.truth_ratio(pert[0], base)

@@ -14,6 +14,9 @@ confidence features, C = 3, RBF); both return the share of the forget set called
 *non-member*, to be compared with the oracles' value.
 
 Distribution tests: :func:`ks_forget_quality` (two-sample KS p-value), :func:`auc`.
+
+TOFU / open-unlearning: :func:`truth_ratio` (geometric mean over perturbed answers, as upstream;
+``mean="arithmetic"`` gives our pre-v2 variant for comparison).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "ks_forget_quality",
     "auc",
     "harmonic_mean",
+    "truth_ratio",
 ]
 
 
@@ -235,6 +239,28 @@ def auc(scores_pos, scores_neg) -> float:
         ranks[order[i:j + 1]] = 0.5 * (i + j) + 1
         i = j + 1
     return float((ranks[: len(a)].sum() - len(a) * (len(a) + 1) / 2) / (len(a) * len(b)))
+
+
+def truth_ratio(perturbed_mean_logprob, correct_mean_logprob, mean: str = "geometric") -> np.ndarray:
+    """Per question R = mean_j P(pert_j)^(1/|a_j|) / P(correct)^(1/|a|) from mean per-token
+    log-probabilities: ``perturbed_mean_logprob`` (n_questions, n_perturbed),
+    ``correct_mean_logprob`` (n_questions,).
+
+    ``mean="geometric"`` is TOFU's and open-unlearning's (``exp(mean_j log p_j)``: the perturbed
+    answers' average NLL); ``"arithmetic"`` averages the probabilities instead (always >= the
+    geometric mean, by AM-GM) and is kept only to compare with results computed that way."""
+    pert = torch.as_tensor(perturbed_mean_logprob, dtype=torch.float64)
+    base = torch.as_tensor(correct_mean_logprob, dtype=torch.float64)
+    if pert.dim() != 2 or base.dim() != 1 or pert.shape[0] != base.shape[0]:
+        raise ValueError(f"truth_ratio needs (n, k) perturbed and (n,) correct log-probs, got "
+                         f"{tuple(pert.shape)} and {tuple(base.shape)}")
+    if mean == "geometric":
+        num = pert.mean(1)
+    elif mean == "arithmetic":
+        num = pert.exp().mean(1).log()
+    else:
+        raise ValueError(f"truth_ratio: mean must be 'geometric' or 'arithmetic', got {mean!r}")
+    return (num - base).exp().numpy()
 
 
 def harmonic_mean(values) -> float:

@@ -78,7 +78,10 @@ def _forget_truth_ratio(tr: np.ndarray) -> float:
 
 
 def _truth_ratios(model, ids, labels, perturbed: list) -> np.ndarray:
-    """R = mean_pert P(pert)^(1/|a|) / P(correct)^(1/|a|) per question."""
+    """TOFU / open-unlearning truth ratio per question: the *geometric* mean over the perturbed
+    answers of their length-normalised probability P(a_pert)^(1/|a|), divided by that of the
+    correct answer (metrics.truth_ratio).  Before the unlearning-v2 work this averaged the
+    perturbed probabilities arithmetically; docs/UNLEARNING.md says which numbers used which."""
     base, _, _, _ = _answer_stats(model, ids, labels)
     k = len(perturbed[0])
     pert_lp = []
@@ -86,8 +89,7 @@ def _truth_ratios(model, ids, labels, perturbed: list) -> np.ndarray:
         pi, pl = _replace_answer(ids, labels, [p[j] for p in perturbed])
         lp, _, _, _ = _answer_stats(model, pi, pl)
         pert_lp.append(lp)
-    pert = torch.stack(pert_lp).exp().mean(0)
-    return (pert / base.exp()).numpy()
+    return metrics.truth_ratio(torch.stack(pert_lp, 1), base)
 
 
 @torch.no_grad()
