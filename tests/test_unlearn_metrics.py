@@ -167,3 +167,18 @@ def test_truth_ratio_is_tofus_geometric_mean():
         metrics.truth_ratio(pert, base, mean="median")
     with pytest.raises(ValueError, match=r"\(n, k\)"):
         metrics.truth_ratio(pert[0], base)
+
+
+def test_klom_direction_is_kl_unlearned_to_oracle():
+    """data-unlearning-bench: compute_binned_KL_div(unlearned, oracle) = D_KL(unlearned || oracle).
+    Unlearned margins concentrated in one bin, oracles spread over two: KL(u || o) = log(1 / q)
+    with q the oracles' mass in that bin (here 1/2 -> log 2), while the reverse direction hits
+    the eps floor for half of the mass (0.5 log 0.5 + 0.5 log(0.5 / 1e-5) ~ 5.1).  (The oracle
+    at the top edge, 10, is not counted — np.digitize, as upstream.)"""
+    import math
+
+    u = np.array([[0.0], [0.0], [0.0], [0.0]])
+    o = np.array([[0.0], [0.0], [5.0], [5.0], [10.0]])
+    assert metrics.klom(u, o)[0] == pytest.approx(math.log(2), rel=1e-9)
+    z = 1 + 1e-5  # scipy.stats.entropy renormalises qk = [1, eps]
+    assert metrics.binned_kl(o[:, 0], u[:, 0]) == pytest.approx(0.5 * math.log(0.5 * z) + 0.5 * math.log(0.5 * z / 1e-5))
