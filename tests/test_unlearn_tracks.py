@@ -107,3 +107,21 @@ def test_track_a_mislabel_8_seeds_under_10_minutes(tmp_path):
     rc = bench.main(["--track", "A", "--scenario", "mislabel", "--seeds", "8", "--cache", str(tmp_path),
                      "--json", str(tmp_path / "a.json"), "--png", str(tmp_path / "a.png"), "--no-progress"])
     assert rc == 0 and time.perf_counter() - t0 < 600
+
+
+def test_model_cache_key_includes_recipe_and_code():
+    """A changed training recipe (a track setting, or the track's source) gets a new cache path;
+    an unchanged one the same path."""
+    from structops.unlearn import protocol
+    from structops.unlearn.tracks.track_a import TrackA
+
+    data = (torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
+    a, b = TrackA(), TrackA()
+    pa = protocol._model_path("/c", a, "original", data, 0)
+    assert pa == protocol._model_path("/c", b, "original", data, 0)
+    c = TrackA(n_mislabel=61)
+    assert protocol._model_path("/c", c, "original", data, 0) != pa
+    recipe = a.recipe()
+    assert "structops.unlearn.tracks.track_a" in recipe["sources"]
+    assert "def train" in recipe["sources"]["structops.unlearn.tracks.track_a"]
+    assert protocol._model_path("/c", a, "original", data, 1) != pa

@@ -4,7 +4,8 @@ For one track and scenario:
 
 1. **Models.**  N originals (trained on forget + retain, seeds 0..N-1) and 2N oracles (trained
    on retain only, seeds 10000..10000+2N-1), cached on disk by a hash of their training data,
-   so re-running an evaluation never retrains them.  Oracles N..2N-1 form the *reference
+   seed and training recipe + code (``Track.recipe``), so re-running an evaluation never
+   retrains them and changing the recipe never reuses stale ones.  Oracles N..2N-1 form the *reference
    ensemble*; oracles 0..N-1 are the "oracle" arm, scored against the reference exactly like a
    method: its distance is the floor any method can reach (oracle-vs-oracle).
 2. **Tuning.**  On the tuning forget set (split 0) every method tries each configuration of its
@@ -68,8 +69,22 @@ def _data_hash(data: tuple) -> str:
     return h.hexdigest()[:16]
 
 
+def _recipe_hash(track: Track) -> str:
+    """Hash of the track's training recipe and code (Track.recipe): part of every cache key, so a
+    changed recipe never silently reuses models trained with the old one.  Memoised on the
+    track object (the attribute is private, so it is not part of the recipe itself)."""
+    h = getattr(track, "_recipe_hash", None)
+    if h is None:
+        blob = json.dumps(track.recipe(), sort_keys=True).encode()
+        h = hashlib.sha1(blob).hexdigest()[:12]
+        track._recipe_hash = h
+    return h
+
+
 def _model_path(cache_dir: str, track: Track, kind: str, data: tuple, seed: int) -> str:
-    return os.path.join(cache_dir, f"track{track.name}", f"{kind}-{_data_hash(data)}-seed{seed}.pt")
+    """Cache path of one model: data hash, seed and the recipe/code hash of the track."""
+    return os.path.join(cache_dir, f"track{track.name}",
+                        f"{kind}-{_data_hash(data)}-r{_recipe_hash(track)}-seed{seed}.pt")
 
 
 def _load(track: Track, path: str):

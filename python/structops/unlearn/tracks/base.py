@@ -58,3 +58,33 @@ class Track(ABC):
     @abstractmethod
     def grid(self, method: str) -> list[dict]:
         """Hyperparameter configurations the protocol may try for ``method``."""
+
+    def recipe(self) -> dict:
+        """Everything that decides how a model of this track is trained, for the model cache key
+        (structops.unlearn.protocol): the track's public settings, and the source code of its
+        training and model code (any edit there invalidates cached models)."""
+        import inspect
+        import sys
+
+        settings = {k: repr(v) for k, v in sorted(vars(self).items()) if not k.startswith("_")}
+        sources = {}
+        for cls in type(self).__mro__:
+            if cls in (Track, object) or cls.__module__ == "abc":
+                continue
+            mod = sys.modules.get(cls.__module__)
+            if mod is not None:
+                try:
+                    sources[cls.__module__] = inspect.getsource(mod)
+                except (OSError, TypeError):
+                    pass
+        import torch
+
+        with torch.random.fork_rng():  # building the model draws its init: keep the caller's RNG
+            model = self.new_model()
+        mod = sys.modules.get(type(model).__module__)
+        if mod is not None and type(model).__module__ not in sources:
+            try:
+                sources[type(model).__module__] = inspect.getsource(mod)
+            except (OSError, TypeError):
+                pass
+        return {"track": type(self).__name__, "settings": settings, "sources": sources}

@@ -1,0 +1,113 @@
+"""Mutation check of the unlearning test suite (the unlearning-v2 issue, item 4): break one
+metric, probe or method on purpose, run the unlearning tests, and confirm they go red.
+
+    .venv/bin/python scripts/unlearn_mutations.py            # every mutation (~1-2 min each)
+    .venv/bin/python scripts/unlearn_mutations.py fp4_identity npo_noop
+
+Each mutation is applied inside the pytest process by this file acting as a pytest plugin
+(``-p unlearn_mutations`` with STRUCTOPS_MUTATION=<name>), so the library itself is never edited.
+A mutation that leaves the suite green is a hole in the tests: the script exits 1 and says which.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+TESTS = ["tests/test_unlearn_methods.py", "tests/test_unlearn_metrics.py", "tests/test_unlearn_probes.py"]
+
+
+def _noop_method(name):
+    def apply(unlearn):
+        def noop(model, forget, retain=None, *, objective=None, inplace=False, seed=0, check=True, **hp):
+            out = model if inplace else copy.deepcopy(model)
+            out.unlearning_log = list(getattr(model, "unlearning_log", [])) + [
+                {"method": name, "seconds": 0.0, "hparams": dict(hp)}]
+            return out
+        unlearn.METHODS[name] = noop
+        setattr(unlearn, name, noop)
+        setattr(unlearn.methods, name, noop)
+    return apply
+
+
+def _mutations():
+    import numpy as np
+
+    def rtn_identity(unlearn):
+        unlearn.probes.quantize_rtn = lambda model, bits=8: copy.deepcopy(model)
+
+    def fp4_identity(unlearn):
+        unlearn.probes.fp4_blockwise = lambda w, blocksize=64: w.detach().clone()
+
+    def fp4_global_absmax(unlearn):  # one scale for the whole tensor instead of blocks of 64
+        orig = unlearn.probes.fp4_blockwise
+        unlearn.probes.fp4_blockwise = lambda w, blocksize=64: orig(w, blocksize=w.numel())
+
+    def int8_no_outliers(unlearn):  # LLM.int8 without the mixed-precision decomposition
+        orig = unlearn.probes.quantize_llm_int8
+        unlearn.probes.quantize_llm_int8 = lambda model, threshold=6.0, skip=("lm_head", "head"): orig(
+            model, threshold=float("inf"), skip=skip)
+
+    def truth_ratio_arithmetic(unlearn):
+        orig = unlearn.metrics.truth_ratio
+        unlearn.metrics.truth_ratio = lambda p, c, mean="geometric": orig(p, c, mean="arithmetic")
+
+    def klom_reversed(unlearn):
+        orig = unlearn.metrics.klom
+        unlearn.metrics.klom = lambda u, o: orig(o, u) if np.asarray(o).shape == np.asarray(u).shape else np.array(
+            [unlearn.metrics.binned_kl(np.asarray(o)[:, i], np.asarray(u)[:, i]) for i in range(np.asarray(u).shape[1])])
+
+    muts = {
+        "rtn_identity": rtn_identity,
+        "fp4_identity": fp4_identity,
+        "fp4_global_absmax": fp4_global_absmax,
+        "int8_no_outliers": int8_no_outliers,
+        "truth_ratio_arithmetic": truth_ratio_arithmetic,
+        "klom_reversed": klom_reversed,
+    }
+    from structops import unlearn
+
+    for name in unlearn.METHODS:
+        muts[f"{name}_noop"] = _noop_method(name)
+    return muts
+
+
+# ---- pytest plugin side ----------------------------------------------------------------------
+def pytest_configure(config):
+    name = os.environ.get("STRUCTOPS_MUTATION")
+    if not name:
+        return
+    from structops import unlearn
+
+    _mutations()[name](unlearn)
+
+
+# ---- driver ----------------------------------------------------------------------------------
+def main(argv) -> int:
+    names = argv or list(_mutations())
+    holes = []
+    print(f"{'mutation':32s} {'result':10s} seconds")
+    for name in names:
+        t0 = time.perf_counter()
+        env = dict(os.environ, STRUCTOPS_MUTATION=name, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "unlearn_mutations",
+                            *TESTS], cwd=ROOT, env=env, capture_output=True, text=True)
+        caught = r.returncode != 0
+        if not caught:
+            holes.append(name)
+        last = (r.stdout.strip().splitlines() or [""])[-1]
+        print(f"{name:32s} {'caught' if caught else 'MISSED':10s} {time.perf_counter() - t0:6.1f}  {last[:90]}")
+    if holes:
+        print(f"\n{len(holes)} mutation(s) left the unlearning tests green: {', '.join(holes)}")
+        return 1
+    print(f"\nall {len(names)} mutations caught")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
