@@ -6,7 +6,9 @@ the device kernels (batched GEMM with the documented layout semantics, row trans
 reduction) and compares forward and all gradients with the Monarch formulas: every layout,
 leading dimension, batch stride, transpose, token split and workspace offset of the CUDA path is
 exercised, with the CUTLASS and the cuBLAS engine.  It also checks the kernel selection rules
-(alignment fallbacks, TF32 permission, tile choice) and which kernel family each case ran.
+(alignment fallbacks, TF32 permission, tile choice) and which kernel family each case ran, and
+runs the row-transpose kernel's tiling and per-CTA phases (transpose_plan.h) for every CTA and
+thread on the CPU.
 Needs g++ and the CUDA runtime headers."""
 
 import glob
@@ -45,5 +47,5 @@ def test_cuda_orchestration_on_host(tmp_path):
     out = subprocess.run([str(exe)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "FAIL" not in out.stdout, out.stdout
-    # 13 selection checks + token splits + unregistered cuBLAS + 14 cases x (save v, recompute)
-    assert out.stdout.count("ok  ") == 13 + 1 + 1 + 28, out.stdout
+    # 13 selection checks + token splits + 24 transpose tilings + unregistered cuBLAS + 14 cases x (save v, recompute)
+    assert out.stdout.count("ok  ") == 13 + 1 + 24 + 1 + 28, out.stdout

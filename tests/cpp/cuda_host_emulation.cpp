@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "gemm/gemm.h"
+#include "gemm/transpose_plan.h"
 #include "structops/monarch.h"
 
 // ---- host stand-ins for the device code and the CUDA runtime --------------------------------
@@ -72,20 +73,29 @@ const char* simt_strided_gemm_f64(const BatchedGemm& g, cudaStream_t) { return h
 const char* simt_strided_gemm_bf16(const BatchedGemm& g, cudaStream_t) { return host_any(g, "simt"); }
 const char* simt_strided_gemm_f16(const BatchedGemm& g, cudaStream_t) { return host_any(g, "simt"); }
 
+// The real kernel's tiling and per-CTA phases (transpose_plan.h), run for every CTA and every
+// thread: load phase for all threads, then (the barrier) the store phase.
 template <class T>
-static void host_transpose(const void* src, int64_t sld, void* dst, int64_t dld, int64_t rows, int64_t a, int64_t b) {
-  const T* S = static_cast<const T*>(src);
-  T* D = static_cast<T*>(dst);
+static void emulated_transpose(const void* src, int64_t sld, void* dst, int64_t dld, int64_t rows, int64_t a, int64_t b) {
+  const TransposePlan p = make_transpose_plan(sizeof(T), a, b);
+  std::vector<T> sm(p.smem_bytes / sizeof(T) + 1);
   for (int64_t t = 0; t < rows; ++t)
-    for (int64_t i = 0; i < a; ++i)
-      for (int64_t j = 0; j < b; ++j) D[t * dld + j * a + i] = S[t * sld + i * b + j];
+    for (int ci = 0; ci < p.chunks_i; ++ci)
+      for (int cj = 0; cj < p.chunks_j; ++cj) {
+        for (int tid = 0; tid < kTransposeThreads; ++tid)
+          transpose_load(static_cast<const T*>(src), sld, sm.data(), int(a), int(b), int(p.ai), int(p.bj), int(p.bp),
+                         p.lw_load, t, ci, cj, tid);
+        for (int tid = 0; tid < kTransposeThreads; ++tid)
+          transpose_store(sm.data(), static_cast<T*>(dst), dld, int(a), int(b), int(p.ai), int(p.bj), int(p.bp),
+                          p.lw_store, t, ci, cj, tid);
+      }
 }
 const char* transpose_rows(DType dtype, const void* src, int64_t sld, void* dst, int64_t dld, int64_t rows, int64_t a,
                            int64_t b, cudaStream_t) {
   g_launches["transpose"]++;
-  if (dtype == DType::kFloat64) host_transpose<double>(src, sld, dst, dld, rows, a, b);
-  else if (dtype == DType::kFloat32) host_transpose<float>(src, sld, dst, dld, rows, a, b);
-  else return "transpose: only fp32/fp64 emulated";
+  if (dtype == DType::kFloat64) emulated_transpose<double>(src, sld, dst, dld, rows, a, b);
+  else if (dtype == DType::kFloat32) emulated_transpose<float>(src, sld, dst, dld, rows, a, b);
+  else emulated_transpose<uint16_t>(src, sld, dst, dld, rows, a, b);
   return nullptr;
 }
 const char* reduce_splits(DType dtype, const void* parts, int64_t size, int splits, void* out, cudaStream_t) {
@@ -212,6 +222,37 @@ static int run_case(int64_t batch, int64_t k, int64_t q, int64_t p, int64_t l, i
   return ok ? 0 : 1;
 }
 
+// transpose_rows' tiling on its own, every element type size, shapes with several i and j tiles,
+// a smem-limited ai, short last tiles, padded leading dimensions.
+template <class T>
+static int check_transpose_case(int64_t rows, int64_t a, int64_t b) {
+  const int64_t sld = a * b + 3, dld = a * b + 5;
+  std::vector<T> src(rows * sld), dst(rows * dld, T(0)), want(rows * dld, T(0));
+  for (size_t e = 0; e < src.size(); ++e) src[e] = T(e % 65521 + 1);
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t i = 0; i < a; ++i)
+      for (int64_t j = 0; j < b; ++j) want[t * dld + j * a + i] = src[t * sld + i * b + j];
+  structops::cuda::gemm::emulated_transpose<T>(src.data(), sld, dst.data(), dld, rows, a, b);
+  const structops::cuda::gemm::TransposePlan p = structops::cuda::gemm::make_transpose_plan(sizeof(T), a, b);
+  const bool ok = dst == want && p.smem_bytes <= structops::cuda::gemm::kTransposeSmemBytes;
+  std::printf("%s transpose %zu-byte rows=%lld a=%lld b=%lld  tiles %lldx%lld (ai=%lld bj=%lld bp=%lld smem=%lld)\n",
+              ok ? "ok  " : "FAIL", sizeof(T), (long long)rows, (long long)a, (long long)b, (long long)p.chunks_i,
+              (long long)p.chunks_j, (long long)p.ai, (long long)p.bj, (long long)p.bp, (long long)p.smem_bytes);
+  return ok ? 0 : 1;
+}
+
+static int check_transposes() {
+  int f = 0;
+  const int64_t shapes[][3] = {{3, 4, 1024}, {3, 1024, 4}, {2, 1, 1}, {2, 37, 53}, {1, 5, 5000}, {1, 3000, 7},
+                               {2, 64, 64}, {1, 300, 300}};
+  for (const auto& s : shapes) {
+    f += check_transpose_case<double>(s[0], s[1], s[2]);
+    f += check_transpose_case<float>(s[0], s[1], s[2]);
+    f += check_transpose_case<uint16_t>(s[0], s[1], s[2]);
+  }
+  return f;
+}
+
 // Kernel selection: alignment and dtype rules (no arithmetic).
 static int check_selection() {
   using namespace structops::cuda::gemm;
@@ -266,6 +307,7 @@ static int check_selection() {
 
 int main() {
   int fails = check_selection();
+  fails += check_transposes();
   using structops::GemmEngine;
   // (batch, k, q, p, l, s, r, engine, sms, kernel that must have run)
   struct Case { int64_t c[7]; GemmEngine e; int sms; const char* kernel; };
