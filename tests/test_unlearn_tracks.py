@@ -18,7 +18,7 @@ def test_track_a_setups(scenario):
     t = TrackA()
     s = t.setup(scenario, 1)
     n_train = s.train[0].shape[0]
-    assert n_train == 1203 and s.test[0].shape[0] == 594
+    assert n_train == 1203 and s.test[0].shape[0] + s.val[0].shape[0] == 594
     assert s.forget[0].shape[0] + s.retain[0].shape[0] == n_train
     if scenario == "random":
         assert s.forget[0].shape[0] == 120
@@ -56,7 +56,8 @@ def test_protocol_track_a_small(tmp_path):
     """Track A end to end with 2 seeds (the CI-sized run): the oracle arm sits on the reference
     oracles, the original is far from them, a second run reuses the cached models and gives
     identical numbers."""
-    cfg = protocol.ProtocolConfig(seeds=2, tune_seeds=1, methods=("finetune", "ssd", "newton_step"), workers=1,
+    cfg = protocol.ProtocolConfig(seeds=2, tune_seeds=1, tune_oracles=2, fresh_splits=(1,), bootstrap=50,
+                                  stability_resamples=20, methods=("finetune", "ssd", "newton_step"), workers=1,
                                   cache_dir=str(tmp_path), probes=True, progress=False)
     r1 = protocol.run_protocol(TrackA(), "mislabel", cfg)
     rep = r1["report"]["1"]
@@ -68,20 +69,36 @@ def test_protocol_track_a_small(tmp_path):
         for k in ("acc_forget", "retain_kl", "gklom_forget_p50", "int4_acc_forget", "relearn_gap", "seconds", "mia_svc"):
             assert k in rep[m]
     n_models = len([f for f in os.listdir(tmp_path / "trackA") if f.endswith(".pt")])
-    assert n_models == 1 + 1 + 2 + 4  # tuning: 1 original + 1 oracle; report: 2 originals + 4 oracles
+    assert n_models == 1 + 2 + 2 + 4  # tuning: 1 original + 2 oracles; report: 2 originals + 4 oracles
+    # provenance, forget sets (disjoint), stability, CIs
+    fs = r1["forget_sets"]
+    assert len(fs["tuning"]) == 60 and len(fs["report"]) == 1 and not set(fs["tuning"]) & set(fs["report"][0])
+    assert r1["provenance"]["commit"] is not None and "torch" in r1["provenance"]
+    for m in ("finetune", "ssd", "newton_step"):
+        st = r1["stability"][m]
+        assert 0 <= st["chosen_share"] <= 1 and abs(sum(st["shares"].values()) - 1) < 1e-9
+        lo, hi = rep[m]["ci"]["acc_forget"]
+        assert lo <= rep[m]["acc_forget"] + 1e-12 and rep[m]["acc_forget"] <= hi + 1e-12
+    assert "acc_forget" in r1["report_pooled"]["original"]
     r2 = protocol.run_protocol(TrackA(), "mislabel", cfg)
     assert r2["timing"]["models_s"] < 0.5 * r1["timing"]["models_s"] + 1
     for arm, s in r1["report"]["1"].items():  # deterministic given the seeds (timings aside)
         if arm.startswith("_"):
             continue
         for k, v in s.items():
-            if not k.startswith("seconds"):
+            if k.startswith("seconds"):
+                continue
+            if isinstance(v, dict):  # the bootstrap CIs: seeded, so identical too
+                for kk, vv in v.items():
+                    assert np.allclose(vv, r2["report"]["1"][arm][k][kk]), (arm, k, kk)
+            else:
                 assert np.allclose(v, r2["report"]["1"][arm][k]), (arm, k)
 
 
 def test_bench_cli_smoke(tmp_path, capsys):
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
-    rc = bench.main(["--track", "A", "--scenario", "class", "--seeds", "2", "--tune-seeds", "1", "--methods",
+    rc = bench.main(["--track", "A", "--scenario", "class", "--seeds", "2", "--tune-seeds", "1", "--tune-oracles",
+                     "2", "--fresh", "2", "--bootstrap", "20", "--stability", "10", "--methods",
                      "finetune,iau", "--workers", "1", "--cache", str(tmp_path / "c"), "--json", str(out_json),
                      "--png", str(out_png), "--no-progress"])
     assert rc == 0
@@ -89,7 +106,10 @@ def test_bench_cli_smoke(tmp_path, capsys):
     assert "oracle" in text and "original" in text and "gKLoM F" in text and "chosen configurations" in text
     data = json.loads(out_json.read_text())
     assert data["scenario"] == "class" and data["seeds"] == 2
-    assert out_png.exists() and out_png.stat().st_size > 1000
+    assert "pooled over the 2 fresh forget sets" in text and "stability" in text
+    assert len(data["forget_sets"]["report"]) == 2
+    pngs = list(tmp_path.glob("r*.png"))
+    assert pngs and all(p.stat().st_size > 1000 for p in pngs)
 
 
 def test_bench_rejects_bad_arguments(tmp_path):
@@ -107,6 +127,36 @@ def test_track_a_mislabel_8_seeds_under_10_minutes(tmp_path):
     rc = bench.main(["--track", "A", "--scenario", "mislabel", "--seeds", "8", "--cache", str(tmp_path),
                      "--json", str(tmp_path / "a.json"), "--png", str(tmp_path / "a.png"), "--no-progress"])
     assert rc == 0 and time.perf_counter() - t0 < 600
+
+
+@pytest.mark.parametrize("track,scenario", [(TrackA(), sc) for sc in TrackA.scenarios] +
+                         [(TrackB(), sc) for sc in TrackB.scenarios])
+def test_forget_sets_disjoint_and_validation_separate(track, scenario):
+    """Tuning (split 0) and reporting forget sets (1, 2, 3) share nothing, by construction; the
+    tuning validation set is disjoint from the reported test set."""
+    sets = [set(track.setup(scenario, s).forget_ids) for s in range(4)]
+    assert all(len(x) > 0 for x in sets)
+    for i in range(4):
+        for j in range(i):
+            assert not sets[i] & sets[j], (scenario, i, j)
+    s = track.setup(scenario, 1)
+    val = set(map(tuple, s.val[0].tolist()))
+    test = set(map(tuple, s.test[0].tolist()))
+    assert val and test and not val & test
+
+
+def test_protocol_rejects_overlapping_forget_sets(tmp_path, monkeypatch):
+    t = TrackA()
+    real = t.setup
+
+    def leaky(scenario, split):  # split 1 reuses split 0's forget set: must be refused
+        return real(scenario, 0 if split == 1 else split)
+
+    monkeypatch.setattr(t, "setup", leaky)
+    cfg = protocol.ProtocolConfig(seeds=1, tune_seeds=1, tune_oracles=1, fresh_splits=(1,), methods=("finetune",),
+                                  workers=1, cache_dir=str(tmp_path), progress=False)
+    with pytest.raises(AssertionError, match="overlap"):
+        protocol.run_protocol(t, "mislabel", cfg)
 
 
 def test_model_cache_key_includes_recipe_and_code():

@@ -171,8 +171,12 @@ def main(argv=None) -> int:
     ap.add_argument("--scenario", required=True, help="A: random | class | mislabel; B: forget01 | forget05 | forget10")
     ap.add_argument("--methods", default="all", help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
     ap.add_argument("--seeds", type=int, default=8, help="originals per forget set (oracles: 2x)")
-    ap.add_argument("--tune-seeds", type=int, default=4, help="originals used when tuning")
-    ap.add_argument("--fresh", type=int, default=1, help="number of fresh forget sets to report on")
+    ap.add_argument("--tune-seeds", type=int, default=8, help="originals used when tuning (independent of --seeds)")
+    ap.add_argument("--tune-oracles", type=int, default=16, help="oracles used when tuning (independent of --seeds)")
+    ap.add_argument("--fresh", type=int, default=3, help="number of fresh (disjoint) forget sets to report on")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0: none)")
+    ap.add_argument("--stability", type=int, default=200,
+                    help="oracle resamples for the stability of each tuning choice (0: none)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--cache", default=default_cache_dir())
     ap.add_argument("--json", default=None)
@@ -185,9 +189,10 @@ def main(argv=None) -> int:
     methods = tuple(METHODS) if args.methods == "all" else tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if track.name == "B":
         methods = tuple(m for m in methods if m in track.supported_methods) if args.methods == "all" else methods
-    cfg = ProtocolConfig(seeds=args.seeds, tune_seeds=args.tune_seeds, fresh_splits=tuple(range(1, 1 + args.fresh)),
-                         methods=methods, workers=args.workers, cache_dir=args.cache, probes=not args.no_probes,
-                         progress=not args.no_progress)
+    cfg = ProtocolConfig(seeds=args.seeds, tune_seeds=args.tune_seeds, tune_oracles=args.tune_oracles,
+                         fresh_splits=tuple(range(1, 1 + args.fresh)), bootstrap=args.bootstrap,
+                         stability_resamples=args.stability, methods=methods, workers=args.workers,
+                         cache_dir=args.cache, probes=not args.no_probes, progress=not args.no_progress)
     results = run_protocol(track, args.scenario, cfg)
     results["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     columns = COLUMNS_A if track.name == "A" else COLUMNS_B
@@ -196,9 +201,19 @@ def main(argv=None) -> int:
         print(f"\nTrack {track.name} / {args.scenario} / fresh forget set {split}: {args.seeds} originals, "
               f"{2 * args.seeds} oracles (half reference, half the 'oracle' arm); sizes {sizes}")
         print(format_table(report, columns))
-    print("\nchosen configurations (tuned on forget set 0):")
+    pooled = results.get("report_pooled", {})
+    if pooled and len(results["report"]) > 1:
+        print(f"\npooled over the {len(results['report'])} fresh forget sets (mean, bootstrap 95% CI over models):")
+        for arm, v in pooled.items():
+            ci = v.get("ci", {})
+            parts = [f"{k} {v[k]:.3g} [{ci[k][0]:.3g}, {ci[k][1]:.3g}]" for k in
+                     ("acc_forget", "acc_test", "gklom_forget_p50", "gklom_test_p50") if k in v and k in ci]
+            print(f"  {arm:26s} " + "  ".join(parts))
+    print("\nchosen configurations (tuned on forget set 0 with its own originals and oracles; share of oracle "
+          "resamples choosing the same):")
     for m, c in results["chosen"].items():
-        print(f"  {m}: {c}")
+        st = results.get("stability", {}).get(m)
+        print(f"  {m}: {c}" + (f"  (stability {st['chosen_share']:.2f})" if st else ""))
     t = results["timing"]
     print(f"\ntime: models {t['models_s']:.0f} s, tuning {t['tuning_s']:.0f} s, report {t['report_s']:.0f} s, "
           f"total {t['total_s']:.0f} s")

@@ -9,12 +9,22 @@ For one track and scenario:
    ensemble*; oracles 0..N-1 are the "oracle" arm, scored against the reference exactly like a
    method: its distance is the floor any method can reach (oracle-vs-oracle).
 2. **Tuning.**  On the tuning forget set (split 0) every method tries each configuration of its
-   grid (the same budget for every method) on ``tune_seeds`` originals; the configuration with the
-   lowest sum of the median Gaussian KLoM on the forget, retain and test sets (close to the
-   oracles where the model should change and where it should not) is kept.
-3. **Report.**  On fresh forget sets (splits 1, 2, ...) the chosen configuration runs on all N
-   originals; everything is measured against the reference oracles, including the robustness
-   probes (int8/int4 quantisation, relearning), for which the oracles get the same treatment.
+   grid (the same budget for every method) on ``tune_seeds`` originals (default 8) against
+   ``tune_oracles`` oracles (default 16) of its own — both fixed, independent of ``seeds``; the
+   configuration with the lowest sum of the median Gaussian KLoM on the forget, retain and
+   *validation* sets (close to the oracles where the model should change and where it should
+   not) is kept.  The validation set is disjoint from the reported test set.  **Stability**: the
+   choice is repeated over ``stability_resamples`` bootstrap resamples of the tuning oracles; the
+   share of resamples that pick the chosen configuration is reported (``stability``).
+3. **Report.**  On fresh forget sets (splits 1, 2, 3 by default), each disjoint from the tuning
+   forget set and from each other *by construction* (asserted here), the chosen configuration
+   runs on all N originals; everything is measured against the reference oracles, including the
+   robustness probes (int8/int4 quantisation, relearning), for which the oracles get the same
+   treatment.  Headline metrics get bootstrap 95% confidence intervals over the arm's models
+   (``ci``), per forget set and pooled over the forget sets (``report_pooled``).
+4. **Provenance.**  The results record every forget set (``forget_sets``: indices into the
+   track's training set on Track A, author ids on Track B), the original/oracle seeds, the
+   command, commit, torch/BLAS/CPU/thread information.
 
 Work runs in a process pool (``workers``), one model per task, results are deterministic given
 the seeds whatever the order.
@@ -40,6 +50,11 @@ from .tracks.base import Setup, Track
 __all__ = ["ProtocolConfig", "run_protocol", "default_cache_dir", "aggregate", "ensure_models"]
 
 ORACLE_SEED0 = 10000
+TUNE_ORACLE_SEED0 = 20000  # the tuning oracles: their own seeds, independent of --seeds
+
+# Headline metrics that get bootstrap confidence intervals (those an arm has).
+HEADLINE = ("acc_forget", "acc_retain", "acc_test", "mia_loss", "gklom_forget_p50", "gklom_test_p50",
+            "gklom_forget_p95", "truth_ratio_forget", "model_utility")
 
 
 def default_cache_dir() -> str:
@@ -49,8 +64,11 @@ def default_cache_dir() -> str:
 @dataclass
 class ProtocolConfig:
     seeds: int = 8
-    tune_seeds: int = 4
-    fresh_splits: tuple = (1,)
+    tune_seeds: int = 8
+    tune_oracles: int = 16
+    fresh_splits: tuple = (1, 2, 3)
+    bootstrap: int = 1000             # resamples for the confidence intervals
+    stability_resamples: int = 200    # oracle resamples for the stability of the tuning choice
     methods: tuple = tuple(METHODS)
     workers: int = max(1, (os.cpu_count() or 1))
     cache_dir: str = field(default_factory=default_cache_dir)
@@ -246,10 +264,82 @@ def aggregate(arm: list[dict], reference: list[dict], extra=None) -> dict:
     return out
 
 
+TUNE_SETS = ("forget", "retain", "val")
+
+
 def _score(summary: dict) -> float:
-    """Tuning objective: median Gaussian KLoM to the oracles on the forget, retain and test
-    points (close to retraining where the model should change and where it should not)."""
-    return sum(summary.get(f"gklom_{s}_p50", np.inf) for s in ("forget", "retain", "test"))
+    """Tuning objective: median Gaussian KLoM to the oracles on the forget, retain and validation
+    points (close to retraining where the model should change and where it should not).  Never
+    the reported test set."""
+    return sum(summary.get(f"gklom_{s}_p50", np.inf) for s in TUNE_SETS)
+
+
+def _stability(tuning_arms: dict, ref: list, resamples: int, seed: int = 0) -> dict:
+    """For one method: {config key: share of bootstrap resamples of the tuning oracles in which
+    that configuration has the lowest score}.  tuning_arms = {config key: list of per-model
+    results}; only the (vectorised) Gaussian KLoM enters, as in _score."""
+    rng = np.random.default_rng(seed)
+    keys = list(tuning_arms)
+    stacked = {k: {s: _stack(a, f"margins_{s}") for s in TUNE_SETS} for k, a in tuning_arms.items()}
+    ref_st = {s: _stack(ref, f"margins_{s}") for s in TUNE_SETS}
+    wins = dict.fromkeys(keys, 0)
+    n = len(ref)
+    for _ in range(resamples):
+        idx = rng.integers(0, n, n)
+        scores = [sum(float(np.median(metrics.gaussian_klom(stacked[k][s], ref_st[s][idx]))) for s in TUNE_SETS)
+                  for k in keys]
+        wins[keys[int(np.argmin(scores))]] += 1
+    return {k: v / resamples for k, v in wins.items()}
+
+
+def _bootstrap(arm: list, ref: list, draws: int, seed: int) -> dict:
+    """Bootstrap draws (resampling the arm's models, the reference fixed) of the headline
+    metrics: {key: array of `draws` values}."""
+    rng = np.random.default_rng(seed)
+    n = len(arm)
+    out = {}
+    scal = [k for k in HEADLINE if k in arm[0] and np.isscalar(arm[0][k])]
+    vals = {k: np.array([r[k] for r in arm], dtype=np.float64) for k in scal}
+    marg = {}
+    for s in ("forget", "test"):
+        if f"margins_{s}" in arm[0] and f"margins_{s}" in ref[0]:
+            marg[s] = (_stack(arm, f"margins_{s}"), _stack(ref, f"margins_{s}"))
+    idxs = rng.integers(0, n, (draws, n))
+    for k in scal:
+        out[k] = vals[k][idxs].mean(1)
+    for s, (u, o) in marg.items():
+        g = np.array([metrics.gaussian_klom(u[i], o) for i in idxs])  # (draws, points)
+        if f"gklom_{s}_p50" in HEADLINE:
+            out[f"gklom_{s}_p50"] = np.median(g, 1)
+        if f"gklom_{s}_p95" in HEADLINE:
+            out[f"gklom_{s}_p95"] = np.percentile(g, 95, axis=1)
+    return out
+
+
+def _ci(draws: dict) -> dict:
+    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in draws.items()}
+
+
+def _provenance() -> dict:
+    import platform
+    import subprocess
+    import sys
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    blas = "mkl" if torch.backends.mkl.is_available() else "other"
+    return {"command": " ".join(sys.argv), "commit": commit, "torch": torch.__version__, "blas": blas,
+            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,13 +352,26 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
     if scenario not in track.scenarios:
         raise ValueError(f"track {track.name} has scenarios {track.scenarios}, got {scenario!r}")
     n = cfg.seeds
-    tune_n = max(1, min(cfg.tune_seeds, n))
+    tune_n = max(1, cfg.tune_seeds)
     started = time.perf_counter()
     orig_seeds = list(range(n))
     ref_seeds = list(range(ORACLE_SEED0 + n, ORACLE_SEED0 + 2 * n))
     arm_oracle_seeds = list(range(ORACLE_SEED0, ORACLE_SEED0 + n))
-    # tuning needs only tune_n originals and tune_n reference oracles on split 0
-    plan = {0: (orig_seeds[:tune_n], ref_seeds[:tune_n])}
+    tune_orig_seeds = list(range(tune_n))
+    tune_ref_seeds = list(range(TUNE_ORACLE_SEED0, TUNE_ORACLE_SEED0 + max(1, cfg.tune_oracles)))
+    if 0 in cfg.fresh_splits:
+        raise ValueError("fresh_splits must not contain 0: split 0 is the tuning forget set")
+    # forget sets: tuning and reporting disjoint by construction; checked here
+    forget_sets = {0: track.setup(scenario, 0).forget_ids}
+    for split in cfg.fresh_splits:
+        forget_sets[split] = track.setup(scenario, split).forget_ids
+    splits = sorted(forget_sets)
+    for i, a in enumerate(splits):
+        for b in splits[:i]:
+            common = set(forget_sets[a]) & set(forget_sets[b])
+            if common:
+                raise AssertionError(f"forget sets of splits {b} and {a} overlap in {len(common)} items")
+    plan = {0: (tune_orig_seeds, tune_ref_seeds)}
     for split in cfg.fresh_splits:
         plan[split] = (orig_seeds, arm_oracle_seeds + ref_seeds)
     extra = getattr(track, "aggregate_extra", None)
@@ -286,27 +389,33 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
                                 tag=(split, arm, method, json.dumps(config or {}, sort_keys=True), i)))
             return out
 
-        # ---- tuning on split 0
-        tune_jobs = jobs_for(0, "reference", None, None, ref_seeds[:tune_n], False)
+        # ---- tuning on split 0 (its own originals and oracles; validation set, never test)
+        tune_jobs = jobs_for(0, "reference", None, None, tune_ref_seeds, False)
         for m in cfg.methods:
             for c in track.grid(m):
-                tune_jobs += jobs_for(0, "method", m, c, orig_seeds[:tune_n], False)
+                tune_jobs += jobs_for(0, "method", m, c, tune_orig_seeds, False)
         res = dict(_map(pool, _eval_job, tune_jobs, f"tuning {len(cfg.methods)} methods", cfg.progress))
         ref0 = [res[k] for k in sorted(k for k in res if k[1] == "reference")]
-        tuning, chosen = {}, {}
+        tuning, chosen, stability = {}, {}, {}
         for m in cfg.methods:
             tuning[m] = []
+            arms_m = {}
             for c in track.grid(m):
                 key = json.dumps(c, sort_keys=True)
                 arm = [res[(0, "method", m, key, i)] for i in range(tune_n)]
+                arms_m[key] = arm
                 summ = aggregate(arm, ref0, extra)
                 tuning[m].append({"config": c, "score": _score(summ), "summary": _compact(summ)})
             best = min(tuning[m], key=lambda r: r["score"])
             chosen[m] = best["config"]
+            if cfg.stability_resamples > 0:
+                shares = _stability(arms_m, ref0, cfg.stability_resamples, seed=len(m))
+                stability[m] = {"chosen_share": shares[json.dumps(best["config"], sort_keys=True)],
+                                "shares": shares, "resamples": cfg.stability_resamples}
         t_tune = time.perf_counter() - started - t_models
 
         # ---- report on fresh splits
-        report = {}
+        report, draws = {}, {}
         for split in cfg.fresh_splits:
             jobs = jobs_for(split, "reference", None, None, ref_seeds, cfg.probes)
             jobs += jobs_for(split, "oracle", None, None, arm_oracle_seeds, cfg.probes)
@@ -321,9 +430,24 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
                 key = json.dumps(chosen[m], sort_keys=True)
                 arms[m] = [res[(split, "method", m, key, i)] for i in range(n)]
             report[split] = {name: aggregate(a, ref, extra) for name, a in arms.items()}
+            if cfg.bootstrap > 0:
+                for name, a in arms.items():
+                    d = _bootstrap(a, ref, cfg.bootstrap, seed=1000 * split + len(name))
+                    draws.setdefault(name, []).append(d)
+                    report[split][name]["ci"] = _ci(d)
             s = track.setup(scenario, split)
             report[split]["_sizes"] = {"forget": int(s.forget[0].shape[0]), "retain": int(s.retain[0].shape[0]),
                                        "test": int(s.test[0].shape[0])}
+        # pooled over the forget sets: mean of the per-split values, CI from the averaged draws
+        pooled = {}
+        for name in (report[cfg.fresh_splits[0]] if cfg.fresh_splits else {}):
+            if name.startswith("_"):
+                continue
+            keys = [k for k in HEADLINE if all(k in report[sp][name] for sp in cfg.fresh_splits)]
+            pooled[name] = {k: float(np.mean([report[sp][name][k] for sp in cfg.fresh_splits])) for k in keys}
+            if name in draws:
+                common = [k for k in keys if all(k in d for d in draws[name])]
+                pooled[name]["ci"] = _ci({k: np.mean([d[k] for d in draws[name]], 0) for k in common})
         t_report = time.perf_counter() - started - t_models - t_tune
     finally:
         if pool is not None:
@@ -333,10 +457,18 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
         "scenario": scenario,
         "seeds": n,
         "tune_seeds": tune_n,
+        "tune_oracles": len(tune_ref_seeds),
         "methods": list(cfg.methods),
         "chosen": chosen,
+        "stability": stability,
         "tuning": tuning,
         "report": {str(k): v for k, v in report.items()},
+        "report_pooled": pooled,
+        "forget_sets": {"tuning": forget_sets[0], "report": [forget_sets[sp] for sp in cfg.fresh_splits],
+                        "report_splits": list(cfg.fresh_splits)},
+        "model_seeds": {"tuning_originals": tune_orig_seeds, "tuning_oracles": tune_ref_seeds,
+                        "originals": orig_seeds, "oracle_arm": arm_oracle_seeds, "reference_oracles": ref_seeds},
+        "provenance": _provenance(),
         "timing": {"models_s": t_models, "tuning_s": t_tune, "report_s": t_report,
                    "total_s": time.perf_counter() - started},
     }

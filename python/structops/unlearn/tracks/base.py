@@ -4,8 +4,11 @@ A track is a data set, a model family and a training recipe, deterministic given
 
 * ``scenarios`` — names of forget scenarios;
 * ``setup(scenario, split_seed)`` — a :class:`Setup`: the training data of the original models,
-  the forget / retain / test sets (retain = train minus forget) and any extra evaluation sets;
-  split_seed 0 is the tuning forget set, 1, 2, ... are fresh ones;
+  the forget / retain / test sets (retain = train minus forget), a validation set for tuning
+  (disjoint from test) and any extra evaluation sets; split_seed 0 is the tuning forget set,
+  1, 2, ... are fresh ones, **disjoint from split 0 and from each other by construction** (each
+  split is its own chunk of one fixed permutation; ``forget_ids`` names them, and the protocol
+  asserts disjointness);
 * ``new_model()`` / ``train(data, seed)`` — model construction and training;
 * ``evaluate(model, setup, original=None)`` — per-model measurements (a dict of floats and
   per-point arrays; see the tracks);
@@ -32,6 +35,8 @@ class Setup:
     test: tuple
     extra: dict = field(default_factory=dict)  # track-specific evaluation sets
     key: str = ""           # cache key of this (scenario, split)
+    val: tuple | None = None  # tuning validation set, disjoint from `test` (the reported one)
+    forget_ids: list = field(default_factory=list)  # which examples (Track A) / authors (Track B) are forgotten
 
 
 class Track(ABC):

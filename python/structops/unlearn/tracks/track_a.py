@@ -89,18 +89,37 @@ class TrackA(Track):
             self._data = load_digits_split()
         return self._data
 
+    def _chunk(self, n: int, k: int, split_seed: int) -> np.ndarray:
+        """Split ``split_seed``'s forget set: chunk number split_seed (of size k) of one fixed
+        permutation of the n training points — disjoint across splits by construction."""
+        if (split_seed + 1) * k > n:
+            raise ValueError(f"Track A: only {n // k} disjoint forget sets of {k} points exist; split {split_seed} "
+                             "was asked for")
+        perm = np.random.default_rng(1000).permutation(n)
+        return np.sort(perm[split_seed * k:(split_seed + 1) * k])
+
+    def _val_test(self, test: tuple) -> tuple:
+        """The held-out digits halved by a fixed permutation: validation (tuning) and test (reported)."""
+        xt, yt = test
+        perm = torch.from_numpy(np.random.default_rng(7).permutation(len(yt)))
+        h = len(yt) // 2
+        return (xt[perm[:h]], yt[perm[:h]]), (xt[perm[h:]], yt[perm[h:]])
+
     def setup(self, scenario: str, split_seed: int) -> Setup:
-        (x, y), test = self._base()
+        (x, y), held_out = self._base()
+        val, test = self._val_test(held_out)
         n = len(y)
         rng = np.random.default_rng(1000 + split_seed)
         y_train = y.clone()
         if scenario == "random":
-            forget_idx = np.sort(rng.choice(n, int(round(self.random_fraction * n)), replace=False))
+            forget_idx = self._chunk(n, int(round(self.random_fraction * n)), split_seed)
         elif scenario == "class":
-            c = CLASS_ORDER[split_seed % len(CLASS_ORDER)]
+            if split_seed >= len(CLASS_ORDER):
+                raise ValueError(f"Track A class: only {len(CLASS_ORDER)} classes (splits), got split {split_seed}")
+            c = CLASS_ORDER[split_seed]
             forget_idx = np.nonzero(y.numpy() == c)[0]
         elif scenario == "mislabel":
-            forget_idx = np.sort(rng.choice(n, self.n_mislabel, replace=False))
+            forget_idx = self._chunk(n, self.n_mislabel, split_seed)
             shift = torch.tensor(rng.integers(1, 10, size=len(forget_idx)))
             y_train[forget_idx] = (y[forget_idx] + shift) % 10  # a different class
         else:
@@ -111,7 +130,7 @@ class TrackA(Track):
         train = (x, y_train)
         extra = {"forget_true_labels": (x[fi], y[fi])}
         return Setup(scenario, split_seed, train, (x[fi], y_train[fi]), (x[ri], y_train[ri]), test, extra,
-                     key=f"A-{scenario}-{split_seed}")
+                     key=f"A-{scenario}-{split_seed}", val=val, forget_ids=[int(i) for i in forget_idx])
 
     def new_model(self):
         return DigitsMLP()
@@ -130,6 +149,8 @@ class TrackA(Track):
             "margins_forget": metrics.margins(model, setup.forget, obj).numpy(),
             "margins_retain": metrics.margins(model, setup.retain, obj).numpy(),
             "margins_test": metrics.margins(model, setup.test, obj).numpy(),
+            "acc_val": metrics.accuracy(model, setup.val, obj),
+            "margins_val": metrics.margins(model, setup.val, obj).numpy(),
             "mia_loss": metrics.mia_loss_threshold(model, setup.forget, setup.retain, setup.test, obj),
             "mia_svc": metrics.mia_svc(model, setup.forget, setup.retain, setup.test, obj),
         }

@@ -132,9 +132,13 @@ class TrackB(Track):
         if scenario not in FRACTIONS:
             raise ValueError(f"Track B scenario must be one of {self.scenarios}, got {scenario!r}")
         fd = self.facts
-        rng = np.random.default_rng(2000 + split_seed)
         n_forget = max(1, int(round(FRACTIONS[scenario] * fd.n_authors)))
-        forget_authors = np.sort(rng.choice(fd.n_authors, n_forget, replace=False))
+        if (split_seed + 1) * n_forget > fd.n_authors:
+            raise ValueError(f"Track B {scenario}: only {fd.n_authors // n_forget} disjoint forget sets exist; "
+                             f"split {split_seed} was asked for")
+        # chunk split_seed of one fixed permutation of the authors: splits are disjoint by construction
+        perm = np.random.default_rng(2000).permutation(fd.n_authors)
+        forget_authors = np.sort(perm[split_seed * n_forget:(split_seed + 1) * n_forget])
         is_f = np.isin(fd.author_of_row, forget_authors)
         fi, ri = torch.tensor(np.nonzero(is_f)[0]), torch.tensor(np.nonzero(~is_f)[0])
         A, B = fd.author_q["A"], fd.author_q["B"]
@@ -151,8 +155,12 @@ class TrackB(Track):
         train = cat(A, B, fd.world_q["A"], fd.world_q["B"], fd.add_train)
         u_rng = np.random.default_rng(3000 + split_seed)
         ru = torch.tensor(np.sort(u_rng.choice(ri.numpy(), min(self.utility_subset, len(ri)), replace=False)))
-        au = np.sort(u_rng.choice(len(fd.add_test_answers), min(self.utility_subset, len(fd.add_test_answers)),
-                                  replace=False))
+        # held-out additions: one fixed permutation, the first part reported (utility), the next
+        # part the tuning validation set (disjoint)
+        n_add = len(fd.add_test_answers)
+        add_perm = np.random.default_rng(3000).permutation(n_add)
+        k_add = min(self.utility_subset, n_add // 2)
+        au, av = np.sort(add_perm[:k_add]), np.sort(add_perm[k_add:2 * k_add])
         extra = {
             "forget_A": rows(A, fi), "forget_B": rows(B, fi),
             "forget_perturbed": [fd.author_perturbed[i] for i in fi.tolist()],
@@ -161,10 +169,12 @@ class TrackB(Track):
             "world_A": fd.world_q["A"], "world_B": fd.world_q["B"], "world_perturbed": fd.world_perturbed,
             "add_test": (fd.add_test[0][au], fd.add_test[1][au]),
             "add_perturbed": [fd.add_test_perturbed[i] for i in au.tolist()],
+            "add_val": (fd.add_test[0][av], fd.add_test[1][av]),
             "holdout_A": fd.holdout_q["A"],
         }
         test = extra["add_test"]
-        return Setup(scenario, split_seed, train, forget, retain, test, extra, key=f"B-{scenario}-{split_seed}")
+        return Setup(scenario, split_seed, train, forget, retain, test, extra, key=f"B-{scenario}-{split_seed}",
+                     val=extra["add_val"], forget_ids=[int(a) for a in forget_authors])
 
     def new_model(self):
         return TinyLM(len(self.facts.vocab), d=self.d)
@@ -239,6 +249,7 @@ class TrackB(Track):
             "margins_forget": f["margin"],
             "margins_retain": r["margin"],
             "margins_test": a["margin"],
+            "margins_val": _answer_stats(model, *x["add_val"])[3].numpy(),
         }
         if original is not None:
             out["retain_kl"] = metrics.retain_kl(original, model, x["retain_A"], self.objective)
