@@ -203,7 +203,8 @@ def main(argv=None) -> int:
         print(format_table(report, columns))
     pooled = results.get("report_pooled", {})
     if pooled and len(results["report"]) > 1:
-        print(f"\npooled over the {len(results['report'])} fresh forget sets (mean, bootstrap 95% CI over models):")
+        print(f"\npooled over the {len(results['report'])} fresh forget sets (mean, 95% CI over models: bootstrap; "
+              "jackknife for gKLoM):")
         for arm, v in pooled.items():
             ci = v.get("ci", {})
             parts = [f"{k} {v[k]:.3g} [{ci[k][0]:.3g}, {ci[k][1]:.3g}]" for k in

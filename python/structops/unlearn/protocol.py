@@ -20,8 +20,9 @@ For one track and scenario:
    forget set and from each other *by construction* (asserted here), the chosen configuration
    runs on all N originals; everything is measured against the reference oracles, including the
    robustness probes (int8/int4 quantisation, relearning), for which the oracles get the same
-   treatment.  Headline metrics get bootstrap 95% confidence intervals over the arm's models
-   (``ci``), per forget set and pooled over the forget sets (``report_pooled``).
+   treatment.  Headline metrics get 95% confidence intervals over the arm's models (``ci``:
+   percentile bootstrap for per-model averages, delete-one jackknife for the Gaussian KLoM
+   ensemble statistics), per forget set and pooled over the forget sets (``report_pooled``).
 4. **Provenance.**  The results record every forget set (``forget_sets``: indices into the
    track's training set on Track A, author ids on Track B), the original/oracle seeds, the
    command, commit, torch/BLAS/CPU/thread information.
@@ -293,31 +294,61 @@ def _stability(tuning_arms: dict, ref: list, resamples: int, seed: int = 0) -> d
 
 
 def _bootstrap(arm: list, ref: list, draws: int, seed: int) -> dict:
-    """Bootstrap draws (resampling the arm's models, the reference fixed) of the headline
-    metrics: {key: array of `draws` values}."""
+    """Uncertainty of the headline metrics over the arm's models (the reference fixed).
+
+    * Per-model averages (accuracies, MIA, truth ratio, utility): percentile bootstrap —
+      ``{key: ("draws", array of `draws` resampled means)}``.
+    * Ensemble statistics (Gaussian KLoM p50/p95, which fit a normal to the arm's margins):
+      delete-one jackknife — ``{key: ("se", jackknife standard error)}``.  A bootstrap resample
+      repeats models, which shrinks the fitted spread and biases KLoM upwards (measured: the
+      whole bootstrap distribution of the oracle arm's p50 lay above the estimate), so it cannot
+      be used there."""
     rng = np.random.default_rng(seed)
     n = len(arm)
     out = {}
     scal = [k for k in HEADLINE if k in arm[0] and np.isscalar(arm[0][k])]
-    vals = {k: np.array([r[k] for r in arm], dtype=np.float64) for k in scal}
-    marg = {}
-    for s in ("forget", "test"):
-        if f"margins_{s}" in arm[0] and f"margins_{s}" in ref[0]:
-            marg[s] = (_stack(arm, f"margins_{s}"), _stack(ref, f"margins_{s}"))
     idxs = rng.integers(0, n, (draws, n))
     for k in scal:
-        out[k] = vals[k][idxs].mean(1)
-    for s, (u, o) in marg.items():
-        g = np.array([metrics.gaussian_klom(u[i], o) for i in idxs])  # (draws, points)
-        if f"gklom_{s}_p50" in HEADLINE:
-            out[f"gklom_{s}_p50"] = np.median(g, 1)
-        if f"gklom_{s}_p95" in HEADLINE:
-            out[f"gklom_{s}_p95"] = np.percentile(g, 95, axis=1)
+        vals = np.array([r[k] for r in arm], dtype=np.float64)
+        out[k] = ("draws", vals[idxs].mean(1))
+    if n < 3:
+        return out
+    for sset in ("forget", "test"):
+        if f"margins_{sset}" not in arm[0] or f"margins_{sset}" not in ref[0]:
+            continue
+        u, o = _stack(arm, f"margins_{sset}"), _stack(ref, f"margins_{sset}")
+        loo = [metrics.gaussian_klom(np.delete(u, i, 0), o) for i in range(n)]
+        for q, name in ((50, f"gklom_{sset}_p50"), (95, f"gklom_{sset}_p95")):
+            if name not in HEADLINE:
+                continue
+            th = np.array([np.percentile(g, q) for g in loo])
+            out[name] = ("se", float(np.sqrt((n - 1) / n * np.sum((th - th.mean()) ** 2))))
     return out
 
 
-def _ci(draws: dict) -> dict:
-    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in draws.items()}
+def _ci(unc: dict, estimates: dict) -> dict:
+    """95% intervals: percentiles of the bootstrap draws, or estimate +- 1.96 jackknife SE."""
+    out = {}
+    for k, (kind, v) in unc.items():
+        if kind == "draws":
+            out[k] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+        elif k in estimates:
+            out[k] = [float(estimates[k] - 1.96 * v), float(estimates[k] + 1.96 * v)]
+    return out
+
+
+def _pool_uncertainty(per_split: list) -> dict:
+    """Uncertainty of the mean over independent forget sets: averaged bootstrap draws, or the
+    combined standard error sqrt(sum se^2) / S."""
+    out = {}
+    keys = set(per_split[0]).intersection(*[set(d) for d in per_split[1:]]) if per_split else set()
+    for k in keys:
+        kinds = {d[k][0] for d in per_split}
+        if kinds == {"draws"}:
+            out[k] = ("draws", np.mean([d[k][1] for d in per_split], 0))
+        elif kinds == {"se"}:
+            out[k] = ("se", float(np.sqrt(sum(d[k][1] ** 2 for d in per_split)) / len(per_split)))
+    return out
 
 
 def _provenance() -> dict:
@@ -434,7 +465,7 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
                 for name, a in arms.items():
                     d = _bootstrap(a, ref, cfg.bootstrap, seed=1000 * split + len(name))
                     draws.setdefault(name, []).append(d)
-                    report[split][name]["ci"] = _ci(d)
+                    report[split][name]["ci"] = _ci(d, report[split][name])
             s = track.setup(scenario, split)
             report[split]["_sizes"] = {"forget": int(s.forget[0].shape[0]), "retain": int(s.retain[0].shape[0]),
                                        "test": int(s.test[0].shape[0])}
@@ -446,8 +477,7 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
             keys = [k for k in HEADLINE if all(k in report[sp][name] for sp in cfg.fresh_splits)]
             pooled[name] = {k: float(np.mean([report[sp][name][k] for sp in cfg.fresh_splits])) for k in keys}
             if name in draws:
-                common = [k for k in keys if all(k in d for d in draws[name])]
-                pooled[name]["ci"] = _ci({k: np.mean([d[k] for d in draws[name]], 0) for k in common})
+                pooled[name]["ci"] = _ci(_pool_uncertainty(draws[name]), pooled[name])
         t_report = time.perf_counter() - started - t_models - t_tune
     finally:
         if pool is not None:
