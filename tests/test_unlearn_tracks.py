@@ -46,6 +46,7 @@ def test_track_b_setup_and_metrics_on_untrained_model():
     assert 0 <= e["acc_forget"] <= 0.3 and 0 <= e["model_utility"] <= 1
     assert 0 <= e["mink_auc"] <= 1 and e["retain_kl"] == pytest.approx(0.0, abs=1e-6)
     assert e["relearn_acc_forget"].shape == (11,)
+    assert 0 <= e["bnb4_acc_forget"] <= 1 and 0 <= e["bnb8_acc_forget"] <= 1 and "bnb4_margins_forget" in e
     extra = t.aggregate_extra([e], [e])
     assert extra["forget_quality"] == pytest.approx(1.0) and extra["privleak"] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="small models only"):
@@ -66,7 +67,8 @@ def test_protocol_track_a_small(tmp_path):
     assert rep["original"]["acc_forget"] > 0.9 and rep["oracle"]["acc_forget"] < 0.2
     assert set(r1["chosen"]) == {"finetune", "ssd", "newton_step"}
     for m in ("finetune", "ssd", "newton_step"):
-        for k in ("acc_forget", "retain_kl", "gklom_forget_p50", "int4_acc_forget", "relearn_gap", "seconds", "mia_svc"):
+        for k in ("acc_forget", "retain_kl", "gklom_forget_p50", "int4_acc_forget", "relearn_gap", "seconds", "mia_svc",
+                  "bnb4_acc_forget", "bnb8_acc_forget", "gklom_bnb4_forget_p50"):
             assert k in rep[m]
     n_models = len([f for f in os.listdir(tmp_path / "trackA") if f.endswith(".pt")])
     assert n_models == 1 + 2 + 2 + 4  # tuning: 1 original + 2 oracles; report: 2 originals + 4 oracles

@@ -54,6 +54,8 @@ COLUMNS_A = [
     ("rKL", "retain_kl", "{:.3f}"),
     ("int4 accF", "int4_acc_forget", "{:.3f}"),
     ("int4 gKF", "gklom_int4_forget_p50", "{:.2f}"),
+    ("fp4 accF", "bnb4_acc_forget", "{:.3f}"),
+    ("int8mx accF", "bnb8_acc_forget", "{:.3f}"),
     ("relearn", "relearn_gap", "{:.3f}"),
     ("ms", "seconds", "{:.0f}"),
 ]
@@ -71,6 +73,7 @@ COLUMNS_B = [
     ("gKLoM F", "gklom_forget_p50", "{:.2f}"),
     ("rKL", "retain_kl", "{:.3f}"),
     ("int4 accF", "int4_acc_forget", "{:.3f}"),
+    ("fp4 accF", "bnb4_acc_forget", "{:.3f}"),
     ("relearn", "relearn_gap", "{:.3f}"),
     ("s", "seconds", "{:.1f}"),
 ]

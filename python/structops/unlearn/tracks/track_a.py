@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import metrics
 from ..objectives import Classification
-from ..probes import quantize_rtn, relearn
+from ..probes import quantize_bnb_fp4, quantize_llm_int8, quantize_rtn, relearn
 from .base import Setup, Track
 
 __all__ = ["DigitsMLP", "TrackA", "load_digits_split"]
@@ -163,6 +163,10 @@ class TrackA(Track):
                 q = quantize_rtn(model, bits)
                 out[f"int{bits}_acc_forget"] = metrics.accuracy(q, setup.forget, obj)
                 out[f"int{bits}_margins_forget"] = metrics.margins(q, setup.forget, obj).numpy()
+            # bitsandbytes emulations (what the quantization-failure paper measured; head unquantised)
+            for name, q in (("bnb4", quantize_bnb_fp4(model)), ("bnb8", quantize_llm_int8(model))):
+                out[f"{name}_acc_forget"] = metrics.accuracy(q, setup.forget, obj)
+                out[f"{name}_margins_forget"] = metrics.margins(q, setup.forget, obj).numpy()
             out["relearn_acc_forget"] = np.array(relearn(
                 model, setup.forget, lambda m: metrics.accuracy(m, setup.forget, obj), fraction=0.1, steps=10,
                 lr=0.1, objective=obj, seed=setup.split_seed))

@@ -28,7 +28,7 @@ import torch
 
 from .. import metrics
 from ..objectives import CausalLM
-from ..probes import quantize_rtn, relearn
+from ..probes import quantize_bnb_fp4, quantize_llm_int8, quantize_rtn, relearn
 from .base import Setup, Track
 from .synthetic_facts import IGNORE, make_facts
 from .tiny_lm import TinyLM
@@ -260,6 +260,11 @@ class TrackB(Track):
                 out[f"int{bits}_acc_forget"] = float(qf["acc"].mean())
                 out[f"int{bits}_truth_ratio_forget"] = _forget_truth_ratio(qf["tr"])
                 out[f"int{bits}_margins_forget"] = qf["margin"]
+            for name, qm in (("bnb4", quantize_bnb_fp4(model)), ("bnb8", quantize_llm_int8(model))):
+                qf = self._qa(qm, *x["forget_A"], *x["forget_B"], x["forget_perturbed"])
+                out[f"{name}_acc_forget"] = float(qf["acc"].mean())
+                out[f"{name}_truth_ratio_forget"] = _forget_truth_ratio(qf["tr"])
+                out[f"{name}_margins_forget"] = qf["margin"]
             fa = x["forget_A"]
             out["relearn_acc_forget"] = np.array(relearn(
                 model, fa, lambda m: _exact_match(m, *fa), fraction=0.1, steps=10, lr=0.05,
