@@ -6,9 +6,9 @@
 #include <cuda_runtime_api.h>
 
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 
 namespace structops {
 namespace torch_impl {
@@ -24,22 +24,19 @@ GemmEngine cuda_gemm_engine() {
 }
 
 CudaOptions cuda_options(const at::Tensor& like) {
-  static std::array<int, 64> sm_counts{};  // per device, filled on first use
-  static std::mutex mu;
+  // SM count per device, queried once (called on every op: no lock on the hot path; a race
+  // only repeats the same query and stores the same value)
+  static std::array<std::atomic<int>, 64> sm_counts{};
   const int dev = like.get_device();
   CudaOptions o;
   o.engine = cuda_gemm_engine();
   o.allow_tf32 = at::globalContext().allowTF32CuBLAS();
-  int sms = 0;
   if (dev >= 0 && dev < int(sm_counts.size())) {
-    std::lock_guard<std::mutex> lock(mu);
-    if (sm_counts[dev] == 0) {
-      int v = 0;
-      if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess) sm_counts[dev] = v;
-    }
-    sms = sm_counts[dev];
+    int sms = sm_counts[dev].load(std::memory_order_relaxed);
+    if (sms == 0 && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)
+      sm_counts[dev].store(sms, std::memory_order_relaxed);
+    if (sms > 0) o.sm_count = sms;
   }
-  if (sms > 0) o.sm_count = sms;
   return o;
 }
 

@@ -75,7 +75,6 @@ const char* batched_gemm(const BatchedGemm& g, const CudaOptions& opt, cudaStrea
 // reports an error.
 using CublasGemmFn = const char* (*)(const BatchedGemm& g, cudaStream_t stream);
 void set_cublas_gemm(CublasGemmFn fn);
-bool have_cublas_gemm();
 
 // ---- per-kernel launchers (one .cu each; the dispatcher calls them) ----
 enum class Tile16 : uint8_t { kLarge, kSmall };

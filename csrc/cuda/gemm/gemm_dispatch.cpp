@@ -83,7 +83,8 @@ KernelKind select_kernel(const BatchedGemm& g, const CudaOptions& opt) {
 
 const char* batched_gemm(const BatchedGemm& g, const CudaOptions& opt, cudaStream_t stream) {
   if (g.m <= 0 || g.n <= 0 || g.batch <= 0) return nullptr;
-  switch (select_kernel(g, opt)) {
+  const KernelKind kind = select_kernel(g, opt);
+  switch (kind) {
     case KernelKind::kCublas: {
       CublasGemmFn fn = g_cublas.load();
       if (fn == nullptr) return "structops: the cuBLAS GEMM engine is only available through the torch extension";
@@ -91,7 +92,7 @@ const char* batched_gemm(const BatchedGemm& g, const CudaOptions& opt, cudaStrea
     }
     case KernelKind::kTensorOpLarge:
     case KernelKind::kTensorOpSmall: {
-      const Tile16 t = select_kernel(g, opt) == KernelKind::kTensorOpLarge ? Tile16::kLarge : Tile16::kSmall;
+      const Tile16 t = kind == KernelKind::kTensorOpLarge ? Tile16::kLarge : Tile16::kSmall;
       return g.dtype == DType::kBFloat16 ? tensorop_gemm_bf16(g, t, stream) : tensorop_gemm_f16(g, t, stream);
     }
     case KernelKind::kTf32: return tensorop_gemm_tf32(g, stream);
@@ -112,7 +113,6 @@ const char* simt_strided_gemm(const BatchedGemm& g, cudaStream_t stream) {
 }
 
 void set_cublas_gemm(CublasGemmFn fn) { g_cublas.store(fn); }
-bool have_cublas_gemm() { return g_cublas.load() != nullptr; }
 
 int token_splits(int64_t k, int64_t out_tiles, int sm_count) {
   if (out_tiles <= 0 || k <= 0) return 1;

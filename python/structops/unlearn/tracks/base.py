@@ -71,25 +71,18 @@ class Track(ABC):
         import inspect
         import sys
 
-        settings = {k: repr(v) for k, v in sorted(vars(self).items()) if not k.startswith("_")}
-        sources = {}
-        for cls in type(self).__mro__:
-            if cls in (Track, object) or cls.__module__ == "abc":
-                continue
-            mod = sys.modules.get(cls.__module__)
-            if mod is not None:
-                try:
-                    sources[cls.__module__] = inspect.getsource(mod)
-                except (OSError, TypeError):
-                    pass
         import torch
 
-        with torch.random.fork_rng():  # building the model draws its init: keep the caller's RNG
-            model = self.new_model()
-        mod = sys.modules.get(type(model).__module__)
-        if mod is not None and type(model).__module__ not in sources:
+        def source(module_name: str):
+            mod = sys.modules.get(module_name)
             try:
-                sources[type(model).__module__] = inspect.getsource(mod)
+                return inspect.getsource(mod) if mod is not None else None
             except (OSError, TypeError):
-                pass
+                return None
+
+        settings = {k: repr(v) for k, v in sorted(vars(self).items()) if not k.startswith("_")}
+        with torch.random.fork_rng():  # building the model draws its init: keep the caller's RNG
+            model_module = type(self.new_model()).__module__
+        modules = [c.__module__ for c in type(self).__mro__ if c not in (Track, object) and c.__module__ != "abc"]
+        sources = {m: src for m in dict.fromkeys(modules + [model_module]) if (src := source(m)) is not None}
         return {"track": type(self).__name__, "settings": settings, "sources": sources}
