@@ -21,25 +21,12 @@
 #include <cstdlib>
 #include <memory>
 
+#include "cpu_executor.h"
 #include "monarch_ops.h"
 
 namespace structops {
 namespace torch_impl {
 namespace {
-
-// at::parallel_for as the kernels' executor, so torch.set_num_threads applies.
-void run_parallel(void* /*exec_ctx*/, int64_t n, ParallelBody body, void* body_ctx) {
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) body(body_ctx, i);
-  });
-}
-
-CpuExecutor executor() {
-  CpuExecutor e;
-  e.num_threads = at::get_num_threads();
-  e.parallel = &run_parallel;
-  return e;
-}
 
 // A (rows x cols) tensor over memory from the kernels' scratch cache, returned on destruction.
 struct ScratchTensor {

@@ -3,6 +3,7 @@
     import structops
     y = structops.monarch_matmul(x, w1, w2)        # fly's blockdiag_butterfly_multiply semantics
     y = structops.blockdiag_matmul(x, w)            # fly's blockdiag_multiply semantics
+    y = structops.butterfly_multiply(twiddle, x)    # torch_butterfly's butterfly_multiply
     layer = structops.nn.MonarchLinear(768, 3072, nblocks=4)
     w1, w2, rel_err = structops.monarch_project(W, nblocks1, nblocks2)
     from structops.compat.fly import blockdiag_butterfly_multiply   # fly's call forms
@@ -16,7 +17,7 @@ import torch  # noqa: F401  (must be imported first: _C links against libtorch/l
 
 from . import _C  # noqa: F401  registers torch.ops.structops.*
 from . import compat, nn, reference  # noqa: F401
-from .ops import blockdiag_matmul, monarch_matmul
+from .ops import blockdiag_matmul, butterfly_multiply, monarch_matmul
 from .projection import monarch_project
 
 __version__ = _C.build_info()["version"]
@@ -32,6 +33,7 @@ def build_info() -> dict:
 __all__ = [
     "blockdiag_matmul",
     "monarch_matmul",
+    "butterfly_multiply",
     "monarch_project",
     "build_info",
     "nn",

@@ -7,6 +7,9 @@
   an independent oracle for the index arithmetic.
 * ``monarch_matmul_bmm``: the fly-style implementation (two ``torch.bmm`` + transposed copies,
   hand-written backward) that most Monarch users run today; the benchmark baseline.
+* ``butterfly_multiply``: torch_butterfly's op written stage by stage from the index formula of
+  docs/ARCHITECTURE.md (gathers, any dtype, differentiable to any order); ``butterfly_dense``:
+  the explicit (nstacks, out, in) matrix as a product of the per-stage sparse matrices.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ __all__ = [
     "monarch_matmul_bmm",
     "mid_permutation",
     "out_permutation",
+    "butterfly_multiply",
+    "butterfly_dense",
+    "butterfly_stage_order",
 ]
 
 
@@ -120,3 +126,73 @@ class _MonarchBmm(torch.autograd.Function):
 def monarch_matmul_bmm(x: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
     """fly-style Monarch matmul (two bmm + a transposed copy); x needs >= 1 leading dim."""
     return _MonarchBmm.apply(x, w1, w2)
+
+
+# ----------------------------------------------------------------------------------------------
+# butterfly (torch_butterfly semantics)
+# ----------------------------------------------------------------------------------------------
+def butterfly_stage_order(nblocks: int, log_n: int, increasing_stride: bool):
+    """[(block, stage, log2 stride)] in application order: the direction starts at
+    ``increasing_stride`` and flips after every block."""
+    order = []
+    inc = increasing_stride
+    for b in range(nblocks):
+        for t in range(log_n):
+            order.append((b, t, t if inc else log_n - 1 - t))
+        inc = not inc
+    return order
+
+
+def _stage_indices(n: int, log_stride: int, device):
+    """For every element e: its partner index and the twiddle row rho, and whether e is the
+    upper (i = 0) or lower (i = 1) element of its pair."""
+    s = 1 << log_stride
+    e = torch.arange(n, device=device)
+    i = (e >> log_stride) & 1
+    rho = (e >> (log_stride + 1)) * s + (e & (s - 1))
+    first = e - i * s  # j = 0 element of the pair
+    return first, first + s, rho, i
+
+
+def butterfly_multiply(twiddle: Tensor, x: Tensor, increasing_stride: bool = True, output_size=None) -> Tensor:
+    """torch_butterfly's ``butterfly_multiply``: twiddle (nstacks, nblocks, log_n, n/2, 2, 2),
+    x (batch, nstacks, in_size) -> (batch, nstacks, output_size or n)."""
+    nstacks, nblocks, log_n = twiddle.shape[:3]
+    n = 1 << log_n
+    in_size = x.shape[-1]
+    z = torch.nn.functional.pad(x, (0, n - in_size)) if in_size < n else x[..., :n]
+    for b, t, ls in butterfly_stage_order(nblocks, log_n, increasing_stride):
+        j0, j1, rho, i = _stage_indices(n, ls, x.device)
+        tw = twiddle[:, b, t]  # (nstacks, n/2, 2, 2)
+        # z'[e] = T[rho(e), i(e), 0] z[j0(e)] + T[rho(e), i(e), 1] z[j1(e)]
+        c0 = tw[:, rho, i, 0]  # (nstacks, n)
+        c1 = tw[:, rho, i, 1]
+        z = c0 * z[..., j0] + c1 * z[..., j1]
+    out = n if output_size is None else output_size
+    return z[..., :out]
+
+
+def butterfly_dense(twiddle: Tensor, increasing_stride: bool = True, in_size=None, output_size=None) -> Tensor:
+    """The matrices M (nstacks, output_size, in_size) with
+    ``butterfly_multiply(twiddle, x)[:, s] == x[:, s] @ M[s].T``: the ordered product of the
+    per-stage (n, n) matrices, each built entry by entry from its pairs."""
+    nstacks, nblocks, log_n = twiddle.shape[:3]
+    n = 1 << log_n
+    in_size = n if in_size is None else in_size
+    output_size = n if output_size is None else output_size
+    m = torch.eye(n, dtype=twiddle.dtype, device=twiddle.device).expand(nstacks, n, n)
+    for b, t, ls in butterfly_stage_order(nblocks, log_n, increasing_stride):
+        s = 1 << ls
+        stage = torch.zeros(nstacks, n, n, dtype=twiddle.dtype, device=twiddle.device)
+        for d in range(n // (2 * s)):
+            for tau in range(s):
+                rho = d * s + tau
+                for i in range(2):
+                    for j in range(2):
+                        stage[:, d * 2 * s + i * s + tau, d * 2 * s + j * s + tau] = twiddle[:, b, t, rho, i, j]
+        m = stage @ m
+    # padding: input columns beyond n do not exist (trimmed), columns in [in_size, n) meet zeros
+    cols = m[:, :output_size, : min(in_size, n)]
+    if in_size > n:
+        cols = torch.nn.functional.pad(cols, (0, in_size - n))
+    return cols
