@@ -16,7 +16,7 @@ autocast support.
 import torch  # noqa: F401  (must be imported first: _C links against libtorch/libc10)
 
 from . import _C  # noqa: F401  registers torch.ops.structops.*
-from . import compat, nn, reference  # noqa: F401
+from . import butterfly, compat, nn, reference  # noqa: F401
 from .ops import blockdiag_matmul, butterfly_multiply, monarch_matmul
 from .projection import monarch_project
 
@@ -37,6 +37,7 @@ __all__ = [
     "monarch_project",
     "build_info",
     "nn",
+    "butterfly",
     "compat",
     "reference",
 ]
