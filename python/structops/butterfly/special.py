@@ -239,7 +239,8 @@ def circulant(col: Tensor, transposed: bool = False, separate_diagonal: bool = T
     is_complex = col.is_complex()
     n = col.shape[0]
     log_n = int(math.ceil(math.log2(n))) if n > 1 else 0
-    n_ext = n if n == 1 << log_n else 1 << (log_n + 1)
+    # n = 1 is embedded too (a butterfly of size 1 has no stage to carry the eigenvalue)
+    n_ext = n if n == 1 << log_n and n > 1 else 1 << (log_n + 1)
     c = col.detach().to(torch.complex128)
     if n < n_ext:  # embed: [col, zeros, col] is the first column of an n_ext circulant
         c = torch.cat((torch.nn.functional.pad(c, (0, 2 * ((1 << log_n) - n))), c))
