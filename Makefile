@@ -64,6 +64,7 @@ test: build
 
 bench: build
 	$(PY) bench/bench_monarch.py --json bench/results/monarch.json
+	$(PY) bench/bench_butterfly.py --json bench/results/butterfly.json
 
 bench-cpp: build
 	$(VENV)/bin/cmake -S . -B build/bench -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja \
@@ -71,6 +72,7 @@ bench-cpp: build
 	  -DSTRUCTOPS_CUDA=$(STRUCTOPS_CUDA) "-DSTRUCTOPS_CUDA_ARCHS=$(STRUCTOPS_CUDA_ARCHS)"
 	$(VENV)/bin/cmake --build build/bench
 	build/bench/bench/cpp/bench_monarch_cpu
+	build/bench/bench/cpp/bench_butterfly_cpu
 	if [ -x build/bench/bench/cpp/bench_monarch_cuda ]; then build/bench/bench/cpp/bench_monarch_cuda; fi
 
 # A wheel of the extension in dist/, built against .venv's torch (its metadata pins

@@ -23,61 +23,15 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
+from _common import cpu_name, git_commit, interleaved_times, median
+
 import structops
 from structops import reference
-
-
-def _git_commit() -> str:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True).strip()
-    except Exception:  # not a git checkout: report it rather than fail the benchmark
-        return "unknown"
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _median(values):
-    values = sorted(values)
-    return values[len(values) // 2]
-
-
-def _interleaved_times(fns: dict, device: str, min_runs: int, min_seconds: float) -> dict:
-    """Wall times of every fn, timed round-robin (A, B, C, A, B, C, ...) so that slow drifts of
-    the machine (other tenants, clocks) hit all contenders alike; one list per fn, entry i from
-    round i.  One warm-up call each; CUDA is synchronised around every call."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for fn in fns.values():
-        fn()
-        sync()
-    times = {name: [] for name in fns}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < min_runs or (time.perf_counter() - start < min_seconds * len(fns) and rounds < 50):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - t0)
-        rounds += 1
-    return times
 
 
 def bench_case(tokens: int, n: int, nblocks: int, device: str, dtype, min_runs: int, min_seconds: float):
@@ -118,14 +72,14 @@ def bench_case(tokens: int, n: int, nblocks: int, device: str, dtype, min_runs: 
             torch.autograd.grad(f(), inputs, g)
 
         fwd_fns[name], fwd_bwd_fns[name] = fwd, fwd_bwd
-    rounds_fwd = _interleaved_times(fwd_fns, device, min_runs, min_seconds)
-    rounds_fwd_bwd = _interleaved_times(fwd_bwd_fns, device, min_runs, min_seconds)
-    t_fwd = {name: _median(t) for name, t in rounds_fwd.items()}
-    t_fwd_bwd = {name: _median(t) for name, t in rounds_fwd_bwd.items()}
+    rounds_fwd = interleaved_times(fwd_fns, device, min_runs, min_seconds)
+    rounds_fwd_bwd = interleaved_times(fwd_bwd_fns, device, min_runs, min_seconds)
+    t_fwd = {name: median(t) for name, t in rounds_fwd.items()}
+    t_fwd_bwd = {name: median(t) for name, t in rounds_fwd_bwd.items()}
     results = {name: {"fwd_ms": 1e3 * t_fwd[name], "fwd_bwd_ms": 1e3 * t_fwd_bwd[name]} for name in contenders}
 
     def paired(baseline):  # median over rounds of t(baseline) / t(structops) in the same round
-        return _median([b / a for a, b in zip(rounds_fwd_bwd["structops"], rounds_fwd_bwd[baseline])])
+        return median([b / a for a, b in zip(rounds_fwd_bwd["structops"], rounds_fwd_bwd[baseline])])
     monarch_flops = 4.0 * tokens * n * b  # two block-diagonal factors, forward
     dense_flops = 2.0 * tokens * n * n
     ideal = dense_flops / monarch_flops
@@ -192,8 +146,8 @@ def main(argv=None) -> int:
 
     meta = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git_commit(),
-        "machine": _cpu_name() if args.device == "cpu" else torch.cuda.get_device_name(),
+        "commit": git_commit(),
+        "machine": cpu_name() if args.device == "cpu" else torch.cuda.get_device_name(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "device": args.device,

@@ -2,13 +2,7 @@
 // only).  Usage: bench_monarch_cpu [threads] [batch n nblocks ...]
 // Default shapes are the targets: 8192 x 1024 and 4096 x 4096 with nblocks sqrt(n), 4.
 #include <cmath>
-#include <pthread.h>
-#include <sched.h>
-
-#include <condition_variable>
 #include <cstdlib>
-#include <functional>
-#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -18,24 +12,6 @@
 #include "structops/monarch.h"
 
 namespace {
-
-// Minimal executor: runs body(i) for i in [0, n) on n std::threads (n is small: one chunk per
-// thread).
-// Worker i is pinned to CPU i (mod the CPU count) so two chunks never share a core.
-void pin_to_cpu(int64_t i) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(static_cast<int>(i % std::thread::hardware_concurrency()), &set);
-  pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-}
-
-void thread_parallel(void*, int64_t n, structops::ParallelBody body, void* ctx) {
-  std::vector<std::thread> ts;
-  for (int64_t i = 1; i < n; ++i) ts.emplace_back([=] { pin_to_cpu(i); body(ctx, i); });
-  pin_to_cpu(0);
-  body(ctx, 0);
-  for (auto& t : ts) t.join();
-}
 
 void run_case(int threads, int64_t batch, int64_t n, int64_t nb) {
   const int64_t b = n / nb;
@@ -50,9 +26,7 @@ void run_case(int threads, int64_t batch, int64_t n, int64_t nb) {
       dx(batch * n), dw1(w1.size()), dw2(w2.size());
   fill(x); fill(w1); fill(w2); fill(dy);
 
-  structops::CpuExecutor exec;
-  exec.num_threads = threads;
-  exec.parallel = &thread_parallel;
+  structops::CpuExecutor exec = structops_bench::make_executor(&threads);
 
   structops::MonarchForwardParams f;
   f.dims = d; f.x = x.data(); f.x_stride = n; f.w1 = w1.data(); f.w2 = w2.data(); f.y = y.data();

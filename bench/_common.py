@@ -1,0 +1,55 @@
+"""Helpers every benchmark script shares: machine/commit metadata and interleaved timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+
+import torch
+
+
+def git_commit() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True).strip()
+    except Exception:  # not a git checkout: report it rather than fail the benchmark
+        return "unknown"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def interleaved_times(fns: dict, device: str, min_runs: int, min_seconds: float) -> dict:
+    """Wall times of every fn, timed round-robin (A, B, C, A, B, C, ...) so that slow drifts of
+    the machine (other tenants, clocks) hit all contenders alike; one list per fn, entry i from
+    round i.  One warm-up call each; CUDA is synchronised around every call."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for fn in fns.values():
+        fn()
+        sync()
+    times = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_runs or (time.perf_counter() - start < min_seconds * len(fns) and rounds < 50):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return times
