@@ -1,4 +1,5 @@
-"""One small multi-tile Monarch case with k != l, forward and backward, on both GEMM engines,
+"""One small multi-tile Monarch case with k != l, forward and backward, on both GEMM engines, and
+small butterfly cases (one pass at n = 1024, several passes at n = 8192; real, bf16, complex64),
 for `compute-sanitizer --tool memcheck` (scripts/gpu_check.sh).  Exits 0 and says so without a
 GPU.  Small on purpose: memcheck slows kernels down ~100x."""
 
@@ -32,6 +33,20 @@ def main() -> int:
             err = ((y.double() - ref).norm() / ref.norm()).item()
             worst = max(worst, err)
             print(f"{(k, q, p, l, s, r)} {engine:8s} {str(dtype):15s} rel err {err:.2e}  grads finite {all(torch.isfinite(g).all().item() for g in grads)}")
+    for log_n, dtype in [(10, torch.float32), (10, torch.bfloat16), (13, torch.float32), (13, torch.complex64)]:
+        n = 1 << log_n
+        tw = torch.randn(2, 2, log_n, n // 2, 2, 2, device="cuda") / 2**0.5
+        x = torch.randn(5, 2, n - 3, device="cuda")
+        if dtype.is_complex:
+            tw, x = tw.to(dtype), x.to(dtype)
+        tw, x = tw.to(dtype).requires_grad_(), x.to(dtype).requires_grad_()
+        y = structops.butterfly_multiply(tw, x, False, n - 5)
+        grads = torch.autograd.grad(y.abs().float().square().sum(), (tw, x))
+        wide = torch.complex128 if dtype.is_complex else torch.float64
+        ref = reference.butterfly_multiply(tw.detach().to(wide), x.detach().to(wide), False, n - 5)
+        err = ((y.to(wide) - ref).norm() / ref.norm()).item()
+        worst = max(worst, err)
+        print(f"butterfly n={n} {str(dtype):15s} rel err {err:.2e}  grads finite {all(torch.isfinite(g).all().item() for g in grads)}")
     torch.cuda.synchronize()
     return 0 if worst < 3e-2 else 1
 

@@ -1,7 +1,8 @@
 // Shared by the CPU and CUDA butterfly implementations: argument validation and the translation
 // of tensors into the torch-free params structs (structops/butterfly.h), so validation cannot
 // drift between backends.  Backend policy (see butterfly_cpu_impl.cpp):
-//   static bool native(at::ScalarType)   dtypes the kernels run directly (others: float32 compute)
+//   static bool native(at::ScalarType)   dtypes the kernels run directly
+//   static bool upcast(at::ScalarType)   dtypes computed in float32 and cast back (others raise)
 //   static void forward(ButterflyForwardParams&, const at::Tensor& like)
 //   static void backward(ButterflyBackwardParams&, const at::Tensor& like)
 //   static constexpr const char* kName
@@ -68,7 +69,7 @@ struct ButterflyOps {
     ButterflyDims d = check_butterfly("butterfly_multiply", twiddle_in, x_in, increasing_stride, output_size);
     const at::ScalarType st = x_in.scalar_type();
     if (!Kernel::native(st)) {
-      TORCH_CHECK(!d.complex, "butterfly_multiply: ", st, " is not supported on ", Kernel::kName);
+      TORCH_CHECK(Kernel::upcast(st), "butterfly_multiply: ", st, " is not supported on ", Kernel::kName);
       return forward(twiddle_in.to(at::kFloat), x_in.to(at::kFloat), increasing_stride, output_size).to(st);
     }
     const at::Tensor twiddle = twiddle_in.contiguous();
@@ -99,7 +100,7 @@ struct ButterflyOps {
                 ": grad must have x's dtype and device, got ", grad_in.scalar_type(), " on ", grad_in.device());
     const at::ScalarType st = x_in.scalar_type();
     if (!Kernel::native(st)) {
-      TORCH_CHECK(!d.complex, op, ": ", st, " is not supported on ", Kernel::kName);
+      TORCH_CHECK(Kernel::upcast(st), op, ": ", st, " is not supported on ", Kernel::kName);
       auto [dt, dx] = backward(grad_in.to(at::kFloat), twiddle_in.to(at::kFloat), x_in.to(at::kFloat), increasing_stride, mask);
       return {mask[0] ? dt.to(st) : dt, mask[1] ? dx.to(st) : dx};
     }

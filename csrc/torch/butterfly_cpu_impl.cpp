@@ -15,6 +15,7 @@ struct CpuButterfly {
   static bool native(at::ScalarType t) {
     return t == at::kFloat || t == at::kDouble || t == at::kComplexFloat || t == at::kComplexDouble;
   }
+  static bool upcast(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
   static void forward(ButterflyForwardParams& p, const at::Tensor&) { butterfly_forward_cpu(p, executor()); }
   static void backward(ButterflyBackwardParams& p, const at::Tensor&) { butterfly_backward_cpu(p, executor()); }
 };
