@@ -242,3 +242,104 @@ def test_every_isa_variant_matches_reference(cpu_isa):
     for isa in available_isas():
         cpu_isa(isa)
         assert rel(structops.butterfly_multiply(tw, x, False, 300), want) < 2e-5, isa
+
+
+# ---- block butterfly (fly's block_butterfly_multiply) ----------------------------------------------
+BLOCK_CASES = [
+    (5, 1, 1, 3, 4, 32, None, True),
+    (7, 2, 2, 2, 3, 10, 9, False),
+    (3, 1, 2, 0, 3, 2, 3, True),
+    (9, 2, 1, 4, 8, 200, 100, True),
+    (33, 1, 3, 3, 2, 20, 16, False),
+]
+
+
+def make_block(batch, nstacks, nblocks, log_n, bs, in_size, dtype=torch.float64, requires_grad=False):
+    n = 1 << log_n
+    tw = torch.randn(nstacks, nblocks, log_n, n // 2, 2, 2, bs, bs, dtype=dtype) / (2 * bs) ** 0.5
+    x = torch.randn(batch, nstacks, in_size, dtype=dtype)
+    return tw.requires_grad_(requires_grad), x.requires_grad_(requires_grad)
+
+
+def fly_block_butterfly(twiddle, x, increasing_stride=True, output_size=None):
+    """fly's einsum formulation, transcribed with reshape/permute: per stage the twiddle is viewed
+    as (s, diagblk, i, j, stride, k, l), the input as (b, s, diagblk, j, stride, l), contracted
+    over (j, l)."""
+    batch, nstacks, in_size = x.shape
+    nblocks, log_n, bs = twiddle.shape[1], twiddle.shape[2], twiddle.shape[-1]
+    n = 1 << log_n
+    full = bs * n
+    out = torch.nn.functional.pad(x, (0, full - in_size)) if in_size < full else x[:, :, :full]
+    inc = increasing_stride
+    for block in range(nblocks):
+        for idx in range(log_n):
+            stride = 1 << (idx if inc else log_n - 1 - idx)
+            t = twiddle[:, block, idx].reshape(nstacks, n // (2 * stride), stride, 2, 2, bs, bs).permute(0, 1, 3, 4, 2, 5, 6)
+            o = out.reshape(batch, nstacks, n // (2 * stride), 2, stride, bs)
+            out = torch.einsum("sdijtkl,bsdjtl->bsditk", t, o).reshape(batch, nstacks, full)
+        inc = not inc
+    return out[:, :, : (full if output_size is None else output_size)]
+
+
+@pytest.mark.parametrize("case", BLOCK_CASES)
+def test_block_reference_matches_fly_formulation(case):
+    batch, nstacks, nblocks, log_n, bs, in_size, out, inc = case
+    tw, x = make_block(batch, nstacks, nblocks, log_n, bs, in_size)
+    assert rel(reference.block_butterfly_multiply(tw, x, inc, out), fly_block_butterfly(tw, x, inc, out)) < 1e-12
+
+
+def test_block_size_one_is_the_scalar_butterfly():
+    tw, x = make(13, 2, 3, 5, 30)
+    y = structops.block_butterfly_multiply(tw.unsqueeze(-1).unsqueeze(-1), x, False, 20)
+    assert rel(y, structops.butterfly_multiply(tw, x, False, 20)) < 1e-12
+
+
+@pytest.mark.parametrize("case", BLOCK_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_block_forward_backward_match_reference(case, dtype):
+    batch, nstacks, nblocks, log_n, bs, in_size, out, inc = case
+    tw, x = make_block(batch, nstacks, nblocks, log_n, bs, in_size, dtype, requires_grad=True)
+    y = structops.block_butterfly_multiply(tw, x, inc, out)
+    y_ref = reference.block_butterfly_multiply(tw, x, inc, out)
+    assert y.shape == y_ref.shape and y.dtype == dtype
+    assert rel(y, y_ref) < tol(dtype)
+    g = torch.randn_like(y_ref)
+    got = torch.autograd.grad(y, (tw, x), g)
+    want = torch.autograd.grad(y_ref, (tw, x), g, allow_unused=True)
+    want = tuple(torch.zeros_like(t) if w is None else w for w, t in zip(want, (tw, x)))
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and rel(a, b) < tol(dtype) * 10
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_block_gradcheck_and_opcheck(dtype):
+    tw, x = make_block(4, 2, 2, 2, 3, 10, dtype, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t, v: structops.block_butterfly_multiply(t, v, False, 9), (tw, x))
+    torch.library.opcheck(torch.ops.structops.block_butterfly_multiply, (tw, x, False, 9))
+    g = torch.randn(4, 2, 9, dtype=dtype)
+    torch.library.opcheck(torch.ops.structops.block_butterfly_multiply_backward, (g, tw.detach(), x.detach(), False, [True, True]))
+
+
+def test_block_compile_and_errors():
+    tw, x = make_block(6, 1, 2, 3, 4, 30, torch.float32, requires_grad=True)
+
+    def f(t, v):
+        return structops.block_butterfly_multiply(t, v, True, 25).square().sum()
+
+    got = torch.autograd.grad(torch.compile(f, fullgraph=True, backend="aot_eager")(tw, x), (tw, x))
+    want = torch.autograd.grad(f(tw, x), (tw, x))
+    assert all(rel(a, b) < 1e-5 for a, b in zip(got, want))
+    bb = structops.block_butterfly_multiply
+    with pytest.raises(ValueError, match="8-D tensor"):
+        bb(tw[0], x)
+    with pytest.raises(ValueError, match="bs, bs\\) with n = 2\\^log_n = 8"):
+        bb(torch.randn(1, 2, 3, 4, 2, 2, 4, 3), x)
+    with pytest.raises(ValueError, match="output_size must be in \\[0, bs\\*n\\] = \\[0, 32\\]"):
+        bb(tw, x, True, 33)
+    with pytest.raises(ValueError, match="nstacks"):
+        bb(tw, x.expand(6, 2, 30))
+    with pytest.raises(RuntimeError, match="same dtype"):
+        bb(tw.double(), x)
+    from structops.compat import fly
+
+    assert torch.equal(fly.block_butterfly_multiply(tw, x), bb(tw, x))

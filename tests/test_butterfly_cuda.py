@@ -122,3 +122,40 @@ def test_cuda_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     assert rel(y, reference.butterfly_multiply(tw.double(), x.double())) < 1e-5
+
+
+# ---- block butterfly on the GEMM engine ------------------------------------------------------------
+@pytest.fixture(params=["cutlass", "cublas"])
+def gemm_engine(request, monkeypatch):
+    monkeypatch.setenv("STRUCTOPS_CUDA_GEMM", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("case", [(64, 1, 1, 4, 32, 512, None, True), (300, 2, 2, 3, 16, 100, 90, False),
+                                  (4096, 1, 1, 2, 64, 256, 256, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_block_butterfly_matches_reference(case, dtype, gemm_engine):
+    batch, nstacks, nblocks, log_n, bs, in_size, out, inc = case
+    n = 1 << log_n
+    tw = (torch.randn(nstacks, nblocks, log_n, n // 2, 2, 2, bs, bs, device="cuda") / (2 * bs) ** 0.5).to(dtype)
+    x = torch.randn(batch, nstacks, in_size, device="cuda").to(dtype)
+    tw.requires_grad_()
+    x.requires_grad_()
+    y = structops.block_butterfly_multiply(tw, x, inc, out)
+    tw64, x64 = tw.detach().double().requires_grad_(), x.detach().double().requires_grad_()
+    y64 = reference.block_butterfly_multiply(tw64, x64, inc, out)
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        tol = 5e-3
+    assert rel(y, y64) < tol
+    g = torch.randn_like(y64)
+    got = torch.autograd.grad(y, (tw, x), g.to(dtype))
+    want = torch.autograd.grad(y64, (tw64, x64), g)
+    for a, b in zip(got, want):
+        assert rel(a, b) < 4 * tol
+
+
+def test_block_butterfly_complex_is_cpu_only():
+    tw = torch.randn(1, 1, 2, 2, 2, 2, 4, 4, device="cuda", dtype=torch.complex64)
+    with pytest.raises(RuntimeError, match="complex"):
+        structops.block_butterfly_multiply(tw, torch.randn(3, 1, 16, device="cuda", dtype=torch.complex64))

@@ -34,6 +34,7 @@
 #include <cuda_runtime_api.h>
 
 #include "gemm/gemm.h"
+#include "gemm/launch_util.h"
 #include "structops/monarch.h"
 
 namespace structops {
@@ -44,44 +45,11 @@ using gemm::BatchedGemm;
 using gemm::Layout;
 using gemm::MatrixRef;
 
-int64_t align_up(int64_t bytes) { return (bytes + 255) / 256 * 256; }
-int64_t acc_size(DType t) { return t == DType::kFloat64 ? 8 : 4; }
-
 const char* check_int(const MonarchDims& d) {
   const int64_t lim = (int64_t(1) << 31) - 1;
   if (d.batch > lim || d.n() > lim || d.mid() > lim || d.m() > lim)
     return "structops CUDA kernels: batch and feature sizes must be < 2^31";
   return nullptr;
-}
-
-struct Ptr {
-  char* p;
-  explicit Ptr(void* base) : p(static_cast<char*>(base)) {}
-  void* take(int64_t bytes) {
-    void* r = p;
-    p += align_up(bytes);
-    return r;
-  }
-};
-
-#define STRUCTOPS_TRY(expr)           \
-  do {                                \
-    const char* _err = (expr);        \
-    if (_err != nullptr) return _err; \
-  } while (0)
-
-MatrixRef ref(const void* ptr, int64_t ld, int64_t batch_stride, Layout layout) {
-  MatrixRef r;
-  r.ptr = ptr; r.ld = ld; r.batch_stride = batch_stride; r.layout = layout;
-  return r;
-}
-
-BatchedGemm make_gemm(DType dt, int64_t m, int64_t n, int64_t k, int64_t batch, MatrixRef a, MatrixRef b, void* c,
-                      int64_t ldc, int64_t sc) {
-  BatchedGemm g;
-  g.m = static_cast<int>(m); g.n = static_cast<int>(n); g.k = static_cast<int>(k); g.batch = static_cast<int>(batch);
-  g.dtype = dt; g.a = a; g.b = b; g.c = c; g.ldc = ldc; g.batch_stride_c = sc;
-  return g;
 }
 
 // u = BD(w1) x, written with row stride ldu (u may be y for the block-diagonal op).
@@ -117,21 +85,6 @@ const char* first_factor_v(const MonarchDims& d, DType dt, const CudaOptions& o,
   const char* err = gemm::batched_gemm(first_factor(d, dt, x, xs, w1, u_scratch, d.mid()), o, stream);
   if (err) return err;
   return gemm::transpose_rows(dt, u_scratch, d.mid(), v, d.mid(), d.batch, d.r, d.l, stream);
-}
-
-bool splits_allowed(const CudaOptions& o) { return o.engine == GemmEngine::kCutlass; }
-
-int weight_grad_splits(const MonarchDims& d, DType dt, const CudaOptions& o, int64_t m, int64_t n, int64_t blocks) {
-  if (!splits_allowed(o)) return 1;
-  return gemm::token_splits(d.batch, gemm::output_tiles(m, n, dt) * blocks, o.sm_count);
-}
-
-// Does the weight gradient go through fp32 partials (+ reduce_splits)?  Always with the CUTLASS
-// engine for 16-bit dtypes (the tensor-op weight-gradient kernels write fp32) and whenever there
-// is more than one split.
-bool uses_partials(DType dt, const CudaOptions& o, int splits) {
-  if (!splits_allowed(o)) return false;
-  return splits > 1 || dt == DType::kBFloat16 || dt == DType::kFloat16;
 }
 
 }  // namespace
@@ -186,12 +139,12 @@ int64_t monarch_backward_cuda_workspace(const MonarchBackwardParams& p) {
     if (need_du || recompute_v) bytes += align_up(d.batch * d.mid() * es);
     if (need_du || recompute_v) bytes += align_up(d.batch * d.mid() * es);
     if (p.dw2) {
-      const int sp = weight_grad_splits(d, p.dtype, o, d.s, d.r, d.l);
+      const int sp = weight_grad_splits(d.batch, p.dtype, o, d.s, d.r, d.l);
       if (uses_partials(p.dtype, o, sp)) bytes += align_up(sp * d.l * d.s * d.r * as);
     }
   }
   if (p.dw1) {
-    const int sp = weight_grad_splits(d, p.dtype, o, d.q, d.p, d.k);
+    const int sp = weight_grad_splits(d.batch, p.dtype, o, d.q, d.p, d.k);
     if (uses_partials(p.dtype, o, sp)) bytes += align_up(sp * d.k * d.q * d.p * as);
   }
   return bytes;
@@ -203,7 +156,7 @@ const char* monarch_backward_cuda(const MonarchBackwardParams& p, CudaWorkspace 
   const CudaOptions& o = p.cuda;
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   const bool second = d.has_second_factor();
-  const int64_t es = dtype_size(p.dtype), as = acc_size(p.dtype);
+  const int64_t es = dtype_size(p.dtype);
   const int64_t w1_size = d.k * d.q * d.p, w2_size = second ? d.l * d.s * d.r : 0;
   void* dw2 = second ? p.dw2 : nullptr;
   if (d.batch == 0) {  // empty batch: weight gradients are zero
@@ -219,30 +172,7 @@ const char* monarch_backward_cuda(const MonarchBackwardParams& p, CudaWorkspace 
   // a_t / b_t: element offset of token t in A / B.  Token ranges [sp*per, (sp+1)*per).
   auto weight_grad = [&](BatchedGemm g, int64_t a_t, int64_t b_t, void* out, int64_t out_size,
                          int64_t blocks) -> const char* {
-    const int splits = weight_grad_splits(d, p.dtype, o, g.m, g.n, blocks);
-    if (!uses_partials(p.dtype, o, splits)) {
-      g.k = static_cast<int>(d.batch);
-      g.c = out;
-      return gemm::batched_gemm(g, o, stream);
-    }
-    void* parts = alloc.take(splits * out_size * as);
-    const int64_t per = (d.batch + splits - 1) / splits;
-    for (int sp = 0; sp < splits; ++sp) {
-      const int64_t t0 = sp * per;
-      const int64_t rows = t0 < d.batch ? (d.batch - t0 < per ? d.batch - t0 : per) : 0;
-      BatchedGemm gs = g;
-      gs.k = static_cast<int>(rows);
-      gs.a.ptr = static_cast<const char*>(g.a.ptr) + t0 * a_t * es;
-      gs.b.ptr = static_cast<const char*>(g.b.ptr) + t0 * b_t * es;
-      gs.c = static_cast<char*>(parts) + sp * out_size * as;
-      gs.c_acc = true;
-      if (rows == 0) {
-        if (cudaMemsetAsync(gs.c, 0, out_size * as, stream) != cudaSuccess) return "cudaMemsetAsync failed";
-        continue;
-      }
-      STRUCTOPS_TRY(gemm::batched_gemm(gs, o, stream));
-    }
-    return gemm::reduce_splits(p.dtype, parts, out_size, splits, out, stream);
+    return weight_grad_gemm(g, d.batch, a_t, b_t, out, out_size, blocks, o, alloc, stream);
   };
 
   const void* dU = p.dy;  // block-diagonal op: dU = dy

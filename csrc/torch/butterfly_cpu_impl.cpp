@@ -1,8 +1,9 @@
 // CPU registration of the butterfly ops: ATen glue around the torch-free kernels of csrc/cpu.
 // Native dtypes: float32, float64, complex64, complex128; bfloat16/float16 are computed in
-// float32 and cast back.
+// float32 and cast back.  The block butterfly runs on ATen's batched GEMMs (block_butterfly_ops.h).
 #include <torch/library.h>
 
+#include "block_butterfly_ops.h"
 #include "butterfly_common.h"
 #include "cpu_executor.h"
 
@@ -26,4 +27,6 @@ struct CpuButterfly {
 
 TORCH_LIBRARY_IMPL(structops, CPU, m) {
   structops::torch_impl::register_butterfly_ops<structops::torch_impl::CpuButterfly>(m);
+  structops::torch_impl::register_block_butterfly_ops(m, &structops::torch_impl::BlockButterflyAten::forward,
+                                                      &structops::torch_impl::BlockButterflyAten::backward);
 }

@@ -7,7 +7,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "block_butterfly_ops.h"
 #include "butterfly_common.h"
+#include "cuda_options.h"
 
 namespace structops {
 namespace torch_impl {
@@ -35,10 +37,81 @@ struct CudaButterfly {
   }
 };
 
+// Block butterfly on the GEMM engine (csrc/cuda/block_butterfly_cuda.cpp): float32 (TF32 when
+// allowed), bfloat16, float16, float64.
+void check_block_dtype(const char* op, at::ScalarType t) {
+  TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble, op, ": ", t,
+              " is not supported on CUDA (float32, bfloat16, float16, float64; complex runs on the CPU)");
+}
+
+at::Tensor block_forward(const at::Tensor& tw_in, const at::Tensor& x_in, bool inc, c10::optional<int64_t> out) {
+  const char* op = "block_butterfly_multiply";
+  const BlockDims b = check_block_butterfly(op, tw_in, x_in, inc, out);
+  check_block_dtype(op, x_in.scalar_type());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor tw = tw_in.contiguous();
+  const at::Tensor x = unit_last(x_in);
+  at::Tensor y = at::empty({b.d.batch, b.d.nstacks, b.d.out_size}, x.options());
+  BlockButterflyForwardParams p;
+  p.dims = b.d;
+  p.block_size = b.bs;
+  p.dtype = to_dtype(x.scalar_type());
+  p.twiddle = tw.data_ptr();
+  p.x = x.data_ptr();
+  p.x_batch_stride = x.stride(0);
+  p.x_stack_stride = x.stride(1);
+  p.y = y.data_ptr();
+  p.cuda = cuda_options(x);
+  const int64_t bytes = block_butterfly_forward_cuda_workspace(p);
+  at::Tensor ws = at::empty({bytes}, x.options().dtype(at::kByte));
+  const char* err = block_butterfly_forward_cuda(p, {ws.data_ptr(), bytes}, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == nullptr, "structops CUDA block butterfly forward failed: ", err);
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> block_backward(const at::Tensor& grad_in, const at::Tensor& tw_in, const at::Tensor& x_in,
+                                                  bool inc, std::array<bool, 2> mask) {
+  const char* op = "block_butterfly_multiply_backward";
+  TORCH_CHECK_VALUE(grad_in.dim() == 3, op, ": grad must be a 3-D tensor (batch, nstacks, output_size), got shape ",
+                    shape_str(grad_in));
+  const BlockDims b = check_block_butterfly(op, tw_in, x_in, inc, grad_in.size(2));
+  check_block_dtype(op, x_in.scalar_type());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor tw = tw_in.contiguous();
+  const at::Tensor grad = unit_last(grad_in);
+  const at::Tensor x = mask[0] ? unit_last(x_in) : x_in;
+  at::Tensor dtw = mask[0] ? at::empty(tw.sizes(), tw.options()) : at::empty({0}, x.options());
+  at::Tensor dx = mask[1] ? at::empty({b.d.batch, b.d.nstacks, b.d.in_size}, x.options()) : at::empty({0}, x.options());
+  if (!mask[0] && !mask[1]) return {dtw, dx};
+  BlockButterflyBackwardParams p;
+  p.dims = b.d;
+  p.block_size = b.bs;
+  p.dtype = to_dtype(x.scalar_type());
+  p.twiddle = tw.data_ptr();
+  if (mask[0]) {
+    p.x = x.data_ptr();
+    p.x_batch_stride = x.stride(0);
+    p.x_stack_stride = x.stride(1);
+  }
+  p.dy = grad.data_ptr();
+  p.dy_batch_stride = grad.stride(0);
+  p.dy_stack_stride = grad.stride(1);
+  p.dx = mask[1] ? dx.data_ptr() : nullptr;
+  p.dtwiddle = mask[0] ? dtw.data_ptr() : nullptr;
+  p.cuda = cuda_options(x);
+  const int64_t bytes = block_butterfly_backward_cuda_workspace(p);
+  at::Tensor ws = at::empty({bytes}, x.options().dtype(at::kByte));
+  const char* err = block_butterfly_backward_cuda(p, {ws.data_ptr(), bytes}, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == nullptr, "structops CUDA block butterfly backward failed: ", err);
+  return {dtw, dx};
+}
+
 }  // namespace
 }  // namespace torch_impl
 }  // namespace structops
 
 TORCH_LIBRARY_IMPL(structops, CUDA, m) {
   structops::torch_impl::register_butterfly_ops<structops::torch_impl::CudaButterfly>(m);
+  structops::torch_impl::register_block_butterfly_ops(m, &structops::torch_impl::block_forward,
+                                                      &structops::torch_impl::block_backward);
 }

@@ -12,4 +12,9 @@ TORCH_LIBRARY_FRAGMENT(structops, m) {
   // Gradients (dtwiddle, dx) of y = butterfly_multiply(twiddle, x, increasing_stride, grad.size(-1));
   // an entry whose output_mask bit is false is returned as an empty tensor.
   m.def("butterfly_multiply_backward(Tensor grad, Tensor twiddle, Tensor x, bool increasing_stride, bool[2] output_mask) -> (Tensor, Tensor)");
+
+  // fly's block_butterfly_multiply: twiddle (nstacks, nblocks, log_n, n/2, 2, 2, bs, bs), x (batch,
+  // nstacks, in_size) zero-padded / trimmed to N = bs*n -> (batch, nstacks, output_size <= N).
+  m.def("block_butterfly_multiply(Tensor twiddle, Tensor x, bool increasing_stride=True, int? output_size=None) -> Tensor");
+  m.def("block_butterfly_multiply_backward(Tensor grad, Tensor twiddle, Tensor x, bool increasing_stride, bool[2] output_mask) -> (Tensor, Tensor)");
 }

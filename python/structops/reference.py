@@ -28,6 +28,7 @@ __all__ = [
     "butterfly_multiply",
     "butterfly_dense",
     "butterfly_stage_order",
+    "block_butterfly_multiply",
 ]
 
 
@@ -196,3 +197,25 @@ def butterfly_dense(twiddle: Tensor, increasing_stride: bool = True, in_size=Non
     if in_size > n:
         cols = torch.nn.functional.pad(cols, (0, in_size - n))
     return cols
+
+
+def block_butterfly_multiply(twiddle: Tensor, x: Tensor, increasing_stride: bool = True, output_size=None) -> Tensor:
+    """fly's ``block_butterfly_multiply``: twiddle (nstacks, nblocks, log_n, n/2, 2, 2, bs, bs),
+    x (batch, nstacks, in_size) padded/trimmed to N = bs*n -> (batch, nstacks, output_size or N).
+    Stage by stage from the index formula with bs-vector elements and bs x bs twiddles."""
+    nstacks, nblocks, log_n = twiddle.shape[:3]
+    bs = twiddle.shape[-1]
+    n = 1 << log_n
+    full = bs * n
+    in_size = x.shape[-1]
+    z = torch.nn.functional.pad(x, (0, full - in_size)) if in_size < full else x[..., :full]
+    z = z.reshape(x.shape[0], nstacks, n, bs)
+    for b, t, ls in butterfly_stage_order(nblocks, log_n, increasing_stride):
+        j0, j1, rho, i = _stage_indices(n, ls, x.device)
+        tw = twiddle[:, b, t]  # (nstacks, n/2, 2, 2, bs, bs)
+        c0 = tw[:, rho, i, 0]  # (nstacks, n, bs, bs): block multiplying partner j = 0
+        c1 = tw[:, rho, i, 1]
+        # z'[e] = T[rho(e), i(e), 0] @ z[j0(e)] + T[rho(e), i(e), 1] @ z[j1(e)]   (bs-vectors)
+        z = torch.einsum("sekl,bsel->bsek", c0, z[:, :, j0]) + torch.einsum("sekl,bsel->bsek", c1, z[:, :, j1])
+    out = full if output_size is None else output_size
+    return z.reshape(x.shape[0], nstacks, full)[..., :out]

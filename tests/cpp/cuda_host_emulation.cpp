@@ -19,6 +19,7 @@
 
 #include "gemm/gemm.h"
 #include "gemm/transpose_plan.h"
+#include "structops/butterfly.h"
 #include "structops/monarch.h"
 
 // ---- host stand-ins for the device code and the CUDA runtime --------------------------------
@@ -29,6 +30,12 @@ cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
 }
 cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 const char* cudaGetErrorString(cudaError_t) { return "emulated"; }
+cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
+                              enum cudaMemcpyKind, cudaStream_t) {
+  for (size_t r = 0; r < height; ++r)
+    std::memcpy(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
+  return cudaSuccess;
+}
 }
 
 static std::map<std::string, int> g_launches;
@@ -96,6 +103,18 @@ const char* transpose_rows(DType dtype, const void* src, int64_t sld, void* dst,
   if (dtype == DType::kFloat64) emulated_transpose<double>(src, sld, dst, dld, rows, a, b);
   else if (dtype == DType::kFloat32) emulated_transpose<float>(src, sld, dst, dld, rows, a, b);
   else emulated_transpose<uint16_t>(src, sld, dst, dld, rows, a, b);
+  return nullptr;
+}
+// transpose_row_chunks: its documented semantics, element by element
+const char* transpose_row_chunks(DType dtype, const void* src, int64_t sld, void* dst, int64_t dld, int64_t rows,
+                                 int64_t a, int64_t b, int64_t chunk, cudaStream_t) {
+  g_launches["transpose_chunks"]++;
+  const int64_t es = dtype_size(dtype);
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t i = 0; i < a; ++i)
+      for (int64_t j = 0; j < b; ++j)
+        std::memcpy(static_cast<char*>(dst) + (t * dld + (j * a + i) * chunk) * es,
+                    static_cast<const char*>(src) + (t * sld + (i * b + j) * chunk) * es, chunk * es);
   return nullptr;
 }
 const char* reduce_splits(DType dtype, const void* parts, int64_t size, int splits, void* out, cudaStream_t) {
@@ -305,6 +324,98 @@ static int check_selection() {
   return fails;
 }
 
+// ---- block butterfly (csrc/cuda/block_butterfly_cuda.cpp) against its definition ------------
+static int run_block_butterfly_case(int64_t batch, int64_t nstacks, int64_t nblocks, int64_t log_n, int64_t bs,
+                                    int64_t in_size, int64_t out_size, bool inc, structops::GemmEngine engine, int sms,
+                                    const char* must_run) {
+  using namespace structops;
+  const int64_t n = int64_t(1) << log_n, N = bs * n, ns = nblocks * log_n, per_stage = (n / 2) * 4 * bs * bs;
+  std::mt19937 gen(static_cast<unsigned>(batch + 7 * log_n + bs));
+  std::normal_distribution<double> nd(0.0, 0.5);
+  std::vector<double> tw(nstacks * ns * per_stage), x(batch * nstacks * in_size), dy(batch * nstacks * out_size);
+  for (auto* v : {&tw, &x, &dy})
+    for (auto& e : *v) e = nd(gen);
+  auto T = [&](int64_t st, int64_t i, int64_t rho, int64_t a, int64_t b, int64_t k, int64_t l) -> double& {
+    return tw[((((st * ns + i) * (n / 2) + rho) * 2 + a) * 2 + b) * bs * bs + k * bs + l];
+  };
+  auto ls_of = [&](int64_t i) {
+    const int64_t blk = i / log_n, t = i % log_n;
+    return (inc != (blk % 2 == 1)) ? t : log_n - 1 - t;
+  };
+  // reference: forward with every stage input kept, then the backward by hand
+  std::vector<double> y_ref(dy.size()), dx_ref(x.size(), 0.0), dt_ref(tw.size(), 0.0);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t st = 0; st < nstacks; ++st) {
+      std::vector<std::vector<double>> z(ns + 1, std::vector<double>(N, 0.0));
+      for (int64_t e = 0; e < std::min(in_size, N); ++e) z[0][e] = x[(b * nstacks + st) * in_size + e];
+      for (int64_t i = 0; i < ns; ++i) {
+        const int64_t s = int64_t(1) << ls_of(i);
+        for (int64_t d = 0; d < n / (2 * s); ++d)
+          for (int64_t tau = 0; tau < s; ++tau)
+            for (int64_t a = 0; a < 2; ++a)
+              for (int64_t k = 0; k < bs; ++k) {
+                double acc = 0;
+                for (int64_t c = 0; c < 2; ++c)
+                  for (int64_t l = 0; l < bs; ++l) acc += T(st, i, d * s + tau, a, c, k, l) * z[i][(d * 2 * s + c * s + tau) * bs + l];
+                z[i + 1][(d * 2 * s + a * s + tau) * bs + k] = acc;
+              }
+      }
+      for (int64_t e = 0; e < out_size; ++e) y_ref[(b * nstacks + st) * out_size + e] = z[ns][e];
+      std::vector<double> g(N, 0.0);
+      for (int64_t e = 0; e < out_size; ++e) g[e] = dy[(b * nstacks + st) * out_size + e];
+      for (int64_t i = ns - 1; i >= 0; --i) {
+        const int64_t s = int64_t(1) << ls_of(i);
+        std::vector<double> gn(N, 0.0);
+        for (int64_t d = 0; d < n / (2 * s); ++d)
+          for (int64_t tau = 0; tau < s; ++tau)
+            for (int64_t a = 0; a < 2; ++a)
+              for (int64_t k = 0; k < bs; ++k)
+                for (int64_t c = 0; c < 2; ++c)
+                  for (int64_t l = 0; l < bs; ++l) {
+                    const int64_t eo = (d * 2 * s + a * s + tau) * bs + k, ei = (d * 2 * s + c * s + tau) * bs + l;
+                    dt_ref[&T(st, i, d * s + tau, a, c, k, l) - tw.data()] += g[eo] * z[i][ei];
+                    gn[ei] += T(st, i, d * s + tau, a, c, k, l) * g[eo];
+                  }
+        g = gn;
+      }
+      for (int64_t e = 0; e < std::min(in_size, N); ++e) dx_ref[(b * nstacks + st) * in_size + e] = g[e];
+    }
+  ButterflyDims dims;
+  dims.batch = batch; dims.nstacks = nstacks; dims.nblocks = nblocks; dims.log_n = log_n;
+  dims.in_size = in_size; dims.out_size = out_size; dims.increasing_stride = inc;
+  BlockButterflyForwardParams fp;
+  fp.dims = dims; fp.block_size = bs; fp.dtype = DType::kFloat64; fp.twiddle = tw.data(); fp.x = x.data();
+  fp.x_batch_stride = nstacks * in_size; fp.x_stack_stride = in_size; fp.cuda.engine = engine; fp.cuda.sm_count = sms;
+  std::vector<double> y(dy.size(), -1.0), dx(x.size(), -1.0), dt(tw.size(), -1.0);
+  fp.y = y.data();
+  g_launches.clear();
+  std::vector<char> ws(block_butterfly_forward_cuda_workspace(fp) + 64);
+  const char* e1 = block_butterfly_forward_cuda(fp, {ws.data(), int64_t(ws.size())}, nullptr);
+  BlockButterflyBackwardParams bp;
+  bp.dims = dims; bp.block_size = bs; bp.dtype = DType::kFloat64; bp.twiddle = tw.data(); bp.x = x.data();
+  bp.x_batch_stride = nstacks * in_size; bp.x_stack_stride = in_size; bp.dy = dy.data();
+  bp.dy_batch_stride = nstacks * out_size; bp.dy_stack_stride = out_size; bp.dx = dx.data(); bp.dtwiddle = dt.data();
+  bp.cuda = fp.cuda;
+  std::vector<char> wb(block_butterfly_backward_cuda_workspace(bp) + 64);
+  const char* e2 = block_butterfly_backward_cuda(bp, {wb.data(), int64_t(wb.size())}, nullptr);
+  // dx alone (no recompute)
+  std::vector<double> dx2(x.size(), -1.0);
+  bp.dtwiddle = nullptr;
+  bp.dx = dx2.data();
+  std::vector<char> wb2(block_butterfly_backward_cuda_workspace(bp) + 64);
+  const char* e3 = block_butterfly_backward_cuda(bp, {wb2.data(), int64_t(wb2.size())}, nullptr);
+  const double ey = max_abs_diff(y, y_ref), edx = max_abs_diff(dx, dx_ref), edt = max_abs_diff(dt, dt_ref),
+               edx2 = max_abs_diff(dx2, dx_ref);
+  const bool ran = must_run == nullptr || g_launches[must_run] > 0;
+  const bool ok = !e1 && !e2 && !e3 && ey < 1e-9 && edx < 1e-9 && edt < 1e-8 && edx2 < 1e-9 && ran;
+  std::printf("%s block_butterfly batch=%lld nstacks=%lld nblocks=%lld log_n=%lld bs=%lld in=%lld out=%lld inc=%d %s: "
+              "err y %.1e dx %.1e dtw %.1e dx(only) %.1e%s%s\n",
+              ok ? "ok  " : "FAIL", (long long)batch, (long long)nstacks, (long long)nblocks, (long long)log_n,
+              (long long)bs, (long long)in_size, (long long)out_size, inc ? 1 : 0,
+              engine == GemmEngine::kCublas ? "cublas" : "cutlass", ey, edx, edt, edx2, e1 ? e1 : "", e2 ? e2 : "");
+  return ok ? 0 : 1;
+}
+
 int main() {
   int fails = check_selection();
   fails += check_transposes();
@@ -342,6 +453,12 @@ int main() {
   for (const auto& c : cases)
     for (int save = 0; save < 2; ++save)
       fails += run_case(c.c[0], c.c[1], c.c[2], c.c[3], c.c[4], c.c[5], c.c[6], save, c.e, c.sms, c.kernel);
+  // block butterfly: (batch, nstacks, nblocks, log_n, bs, in, out, increasing, engine, SMs, kernel)
+  fails += run_block_butterfly_case(5, 1, 1, 3, 4, 32, 32, true, GemmEngine::kCutlass, 108, "transpose_chunks");
+  fails += run_block_butterfly_case(7, 2, 2, 2, 3, 10, 9, false, GemmEngine::kCutlass, 108, "dmma");
+  fails += run_block_butterfly_case(3000, 1, 1, 2, 2, 8, 8, true, GemmEngine::kCutlass, 132, "reduce");  // token splits
+  fails += run_block_butterfly_case(6, 3, 1, 3, 2, 20, 12, true, GemmEngine::kCublas, 108, "cublas");
+  fails += run_block_butterfly_case(4, 1, 2, 0, 3, 2, 3, true, GemmEngine::kCutlass, 108, nullptr);  // n = 1
   std::printf("%d failed\n", fails);
   return fails ? 1 : 0;
 }

@@ -97,6 +97,14 @@ const char* simt_strided_gemm_f16(const BatchedGemm& g, cudaStream_t stream);
 const char* transpose_rows(DType dtype, const void* src, int64_t src_ld, void* dst, int64_t dst_ld, int64_t rows,
                            int64_t a, int64_t b, cudaStream_t stream);
 
+// Row-wise transpose of chunks (the block-butterfly permutations): every row t < rows is an
+// (a x b) row-major matrix of `chunk` contiguous elements each, written transposed:
+//   dst[t*dst_ld + (j*a + i)*chunk + c] = src[t*src_ld + (i*b + j)*chunk + c]   (c < chunk)
+// transpose_rows is the chunk = 1 case.  One element per thread, consecutive threads along c
+// (coalesced whenever chunk * element size >= 32 bytes).
+const char* transpose_row_chunks(DType dtype, const void* src, int64_t src_ld, void* dst, int64_t dst_ld, int64_t rows,
+                                 int64_t a, int64_t b, int64_t chunk, cudaStream_t stream);
+
 // out[e] = sum_{s < splits} parts[s*size + e], summed in split order (deterministic), converted
 // to `dtype`; parts are fp32 (fp64 for kFloat64).
 const char* reduce_splits(DType dtype, const void* parts, int64_t size, int splits, void* out, cudaStream_t stream);

@@ -98,4 +98,46 @@ int64_t butterfly_backward_cuda_workspace(const ButterflyBackwardParams& params)
 const char* butterfly_forward_cuda(const ButterflyForwardParams& params, CudaWorkspace workspace, void* stream);
 const char* butterfly_backward_cuda(const ButterflyBackwardParams& params, CudaWorkspace workspace, void* stream);
 
+// ------------------------------------------------------------------------------------------
+// Block butterfly (fly's `block_butterfly_multiply`, Pixelfly): every twiddle entry is a bs x bs
+// matrix and every element a bs-vector, so the dimension is N = bs * n:
+//   twiddle (nstacks, nblocks, log_n, n/2, 2, 2, bs, bs)   contiguous, in x's dtype
+//   x (batch, nstacks, in_size) zero-padded / trimmed to N; y (batch, nstacks, out_size <= N)
+//   z'[(d*2s + i*s + tau)*bs + k] = sum_{j, l} T[stack, beta, t, rho, i, j, k, l] z[(d*2s + j*s + tau)*bs + l]
+// CUDA: each stage is one batched GEMM of the engine (batch over the n/2 twiddle rows rho, M = the
+// batch rows, K = N = 2*bs) between chunk transposes into and out of the "pairs" layout
+// (csrc/cuda/block_butterfly_cuda.cpp).  dims.in_size / out_size count elements; dims.complex
+// must be false.  Dtypes: kFloat32 (TF32 when allowed), kBFloat16, kFloat16, kFloat64.
+// CPU: batched ATen GEMMs in the torch layer (csrc/torch/block_butterfly_ops.h).
+// ------------------------------------------------------------------------------------------
+struct BlockButterflyForwardParams {
+  ButterflyDims dims;
+  int64_t block_size = 1;
+  DType dtype = DType::kFloat32;
+  const void* twiddle = nullptr;
+  const void* x = nullptr;
+  int64_t x_batch_stride = 0, x_stack_stride = 0;
+  void* y = nullptr;  // (batch, nstacks, out_size) contiguous
+  CudaOptions cuda;
+};
+
+struct BlockButterflyBackwardParams {
+  ButterflyDims dims;
+  int64_t block_size = 1;
+  DType dtype = DType::kFloat32;
+  const void* twiddle = nullptr;
+  const void* x = nullptr;  // needed for dtwiddle only
+  int64_t x_batch_stride = 0, x_stack_stride = 0;
+  const void* dy = nullptr;
+  int64_t dy_batch_stride = 0, dy_stack_stride = 0;
+  void* dx = nullptr;        // (batch, nstacks, in_size) contiguous or nullptr
+  void* dtwiddle = nullptr;  // like twiddle or nullptr
+  CudaOptions cuda;
+};
+
+int64_t block_butterfly_forward_cuda_workspace(const BlockButterflyForwardParams& params);
+int64_t block_butterfly_backward_cuda_workspace(const BlockButterflyBackwardParams& params);
+const char* block_butterfly_forward_cuda(const BlockButterflyForwardParams& params, CudaWorkspace workspace, void* stream);
+const char* block_butterfly_backward_cuda(const BlockButterflyBackwardParams& params, CudaWorkspace workspace, void* stream);
+
 }  // namespace structops

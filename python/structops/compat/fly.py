@@ -4,6 +4,8 @@ kernels.  Replace ``from src.ops.blockdiag_multiply import blockdiag_multiply`` 
 keep fly's parameter names ``blkdiag1``/``blkdiag2``/``weight``/``bias``).
 
 * ``blockdiag_multiply(x, weight)``: x (..., nblocks*p), weight (nblocks, q, p) -> (..., nblocks*q).
+* ``block_butterfly_multiply(twiddle, input, increasing_stride=True, output_size=None)``: fly's
+  block butterfly (Pixelfly), twiddle (nstacks, nblocks, log_n, n/2, 2, 2, bs, bs).
 * ``blockdiag_butterfly_multiply(x, w1_bfly, w2_bfly)``: x (..., k*p), w1 (k, q, p), w2 (l, s, r),
   k*q == l*r -> (..., l*s).
 * ``blockdiag_butterfly_project(M, sizes=None) -> (w1_bfly, w2_bfly)``: square M (n, n);
@@ -30,16 +32,24 @@ import math
 from torch import Tensor
 
 from ..nn import BlockdiagLinear, MonarchLinear
+from ..ops import block_butterfly_multiply as _block_butterfly_multiply
 from ..ops import blockdiag_matmul, monarch_matmul
 from ..projection import fly_default_sizes, monarch_project
 
 __all__ = [
+    "block_butterfly_multiply",
     "blockdiag_multiply",
     "blockdiag_butterfly_multiply",
     "blockdiag_butterfly_project",
     "MonarchLinear",
     "BlockdiagLinear",
 ]
+
+
+def block_butterfly_multiply(twiddle: Tensor, input: Tensor, increasing_stride: bool = True, output_size=None) -> Tensor:
+    """fly's block_butterfly_multiply (Pixelfly): twiddle (nstacks, nblocks, log_n, n/2, 2, 2, bs, bs),
+    input (batch, nstacks, in_size) -> (batch, nstacks, output_size or bs*n)."""
+    return _block_butterfly_multiply(twiddle, input, increasing_stride, output_size)
 
 
 def blockdiag_multiply(x: Tensor, weight: Tensor) -> Tensor:

@@ -1,13 +1,14 @@
 """Public operators, one module per kernel family (DESIGN §3).
 
 * ``monarch``: ``blockdiag_matmul``, ``monarch_matmul`` (block-diagonal / Monarch).
-* ``butterfly``: ``butterfly_multiply`` (torch_butterfly semantics).
+* ``butterfly``: ``butterfly_multiply`` (torch_butterfly semantics), ``block_butterfly_multiply``
+  (fly's block butterfly).
 
 Each family module defines the public functions, their fake (meta) kernels and autograd formulas
 for ``torch.ops.structops.*``; ``_checks`` holds the argument checks they share.
 """
 
-from .butterfly import butterfly_multiply
+from .butterfly import block_butterfly_multiply, butterfly_multiply
 from .monarch import blockdiag_matmul, monarch_matmul
 
-__all__ = ["blockdiag_matmul", "monarch_matmul", "butterfly_multiply"]
+__all__ = ["blockdiag_matmul", "monarch_matmul", "butterfly_multiply", "block_butterfly_multiply"]

@@ -14,6 +14,11 @@ dtypes: CPU float32/float64/complex64/complex128 natively (bfloat16/float16 comp
 CUDA float32/bfloat16/float16 (float32 accumulation) and complex64.  Gradients for twiddle and x
 (torch's complex convention).  Double backward raises a clear error (use
 ``structops.reference.butterfly_multiply``).
+
+``block_butterfly_multiply`` is fly's block butterfly (Pixelfly): twiddle (nstacks, nblocks,
+log_n, n/2, 2, 2, bs, bs), every element a bs-vector, dimension N = bs*n.  CPU: batched ATen
+GEMMs (any floating / complex dtype); CUDA: the tensor-core GEMM engine (float32 (TF32 when
+allowed), bfloat16, float16, float64).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from torch import Tensor
 
 from ._checks import check_same_device_and_dtype, check_tensors, shape_of
 
-__all__ = ["butterfly_multiply"]
+__all__ = ["butterfly_multiply", "block_butterfly_multiply"]
 
 _ops = torch.ops.structops
 
@@ -79,6 +84,55 @@ def butterfly_multiply(twiddle: Tensor, x: Tensor, increasing_stride: bool = Tru
     return _ops.butterfly_multiply(twiddle, x, increasing_stride, output_size)
 
 
+def _check_block_args(op: str, twiddle, x, increasing_stride, output_size) -> None:
+    check_tensors(op, {"twiddle": twiddle, "x": x})
+    if twiddle.dim() != 8:
+        raise ValueError(
+            f"{op}: twiddle must be an 8-D tensor (nstacks, nblocks, log_n, n/2, 2, 2, bs, bs), got shape {shape_of(twiddle)}"
+        )
+    nstacks, nblocks, log_n = twiddle.shape[:3]
+    bs = twiddle.shape[-1]
+    if log_n > 30:
+        raise ValueError(f"{op}: twiddle.shape[2] (log_n) must be at most 30, got {log_n}")
+    n = 1 << log_n
+    if tuple(twiddle.shape[3:]) != (n // 2, 2, 2, bs, bs) or bs < 1:
+        raise ValueError(
+            f"{op}: twiddle must have shape (nstacks, nblocks, log_n, n/2, 2, 2, bs, bs) with n = 2^log_n = {n}, "
+            f"got {shape_of(twiddle)}"
+        )
+    if x.dim() != 3:
+        raise ValueError(f"{op}: x must be a 3-D tensor (batch, nstacks, in_size), got shape {shape_of(x)}")
+    if x.shape[1] != nstacks:
+        raise ValueError(
+            f"{op}: x.shape[1] must equal nstacks = twiddle.shape[0] = {nstacks}, got x of shape {shape_of(x)}"
+        )
+    if not isinstance(increasing_stride, bool):
+        raise TypeError(f"{op}: increasing_stride must be a bool, got {type(increasing_stride).__name__}")
+    if output_size is not None:
+        if isinstance(output_size, bool) or not isinstance(output_size, int):
+            raise TypeError(f"{op}: output_size must be an int or None, got {type(output_size).__name__}")
+        if not 0 <= output_size <= bs * n:
+            raise ValueError(f"{op}: output_size must be in [0, bs*n] = [0, {bs * n}], got {output_size}")
+    check_same_device_and_dtype(op, {"twiddle": twiddle, "x": x}, complex_ok_on=("cpu",))
+
+
+def block_butterfly_multiply(twiddle: Tensor, x: Tensor, increasing_stride: bool = True, output_size=None) -> Tensor:
+    """fly's ``block_butterfly_multiply``: the butterfly whose twiddle entries are bs x bs blocks.
+
+    Args:
+        twiddle: (nstacks, nblocks, log_n, n/2, 2, 2, bs, bs).
+        x: (batch, nstacks, in_size); padded with zeros or trimmed to N = bs * 2^log_n.
+        increasing_stride, output_size: as ``butterfly_multiply`` (output_size <= N).
+    Returns:
+        (batch, nstacks, output_size or N).
+    """
+    _check_block_args("block_butterfly_multiply", twiddle, x, increasing_stride, output_size)
+    if torch.is_autocast_enabled(x.device.type) and not x.is_complex():
+        dt = torch.get_autocast_dtype(x.device.type)
+        twiddle, x = twiddle.to(dt), x.to(dt)
+    return _ops.block_butterfly_multiply(twiddle, x, increasing_stride, output_size)
+
+
 # ----------------------------------------------------------------------------------------------
 # fake (meta) kernels
 # ----------------------------------------------------------------------------------------------
@@ -94,6 +148,23 @@ def _butterfly_multiply_fake(twiddle, x, increasing_stride=True, output_size=Non
 
 @torch.library.register_fake("structops::butterfly_multiply_backward")
 def _butterfly_multiply_backward_fake(grad, twiddle, x, increasing_stride, output_mask):
+    dt = twiddle.new_empty(twiddle.shape) if output_mask[0] else x.new_empty((0,))
+    dx = x.new_empty(x.shape) if output_mask[1] else x.new_empty((0,))
+    return dt, dx
+
+
+@torch.library.register_fake("structops::block_butterfly_multiply")
+def _block_butterfly_multiply_fake(twiddle, x, increasing_stride=True, output_size=None):
+    torch._check(twiddle.dim() == 8, lambda: f"twiddle must be 8-D, got {shape_of(twiddle)}")
+    torch._check(x.dim() == 3, lambda: f"x must be 3-D, got {shape_of(x)}")
+    torch._check(x.shape[1] == twiddle.shape[0], lambda: "x.shape[1] must equal twiddle.shape[0]")
+    full = twiddle.shape[-1] * (1 << twiddle.shape[2])
+    out = full if output_size is None else output_size
+    return x.new_empty((x.shape[0], x.shape[1], out))
+
+
+@torch.library.register_fake("structops::block_butterfly_multiply_backward")
+def _block_butterfly_multiply_backward_fake(grad, twiddle, x, increasing_stride, output_mask):
     dt = twiddle.new_empty(twiddle.shape) if output_mask[0] else x.new_empty((0,))
     dx = x.new_empty(x.shape) if output_mask[1] else x.new_empty((0,))
     return dt, dx
@@ -122,14 +193,30 @@ def _backward(ctx, grad):
 torch.library.register_autograd("structops::butterfly_multiply", _backward, setup_context=_setup)
 
 
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "structops: double backward through structops::butterfly_multiply_backward is not supported "
-        "(the first backward is a fused kernel without a derivative). Use the pure-torch "
-        "structops.reference.butterfly_multiply for higher-order gradients."
+def _block_backward(ctx, grad):
+    twiddle, x = ctx.saved_tensors
+    if x is None:
+        x = twiddle.new_zeros(()).expand(ctx.x_shape)
+    mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+    dt, dx = _ops.block_butterfly_multiply_backward(grad, twiddle, x, ctx.increasing_stride, mask)
+    return (dt if mask[0] else None, dx if mask[1] else None, None, None)
+
+
+torch.library.register_autograd("structops::block_butterfly_multiply", _block_backward, setup_context=_setup)
+
+
+def _no_double_backward(op: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"structops: double backward through structops::{op}_backward is not supported (the first "
+            f"backward is a fused kernel without a derivative). Use the pure-torch structops.reference.{op} "
+            "for higher-order gradients."
+        )
+
+    torch.library.register_autograd(
+        f"structops::{op}_backward", backward, setup_context=lambda ctx, inputs, output: None
     )
 
 
-torch.library.register_autograd(
-    "structops::butterfly_multiply_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
-)
+_no_double_backward("butterfly_multiply")
+_no_double_backward("block_butterfly_multiply")
