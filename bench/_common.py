@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import os
 import platform
 import subprocess
@@ -53,3 +55,28 @@ def interleaved_times(fns: dict, device: str, min_runs: int, min_seconds: float)
             times[name].append(time.perf_counter() - t0)
         rounds += 1
     return times
+
+
+def run_meta(device: str, **extra) -> dict:
+    """Date, commit, machine, threads, torch and structops build of this run (+ extra fields)."""
+    import structops
+
+    meta = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "machine": cpu_name() if device == "cpu" else torch.cuda.get_device_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": device,
+        **extra,
+        "torch": torch.__version__,
+        "structops": structops.build_info(),
+    }
+    return meta
+
+
+def write_json(path: str, meta: dict, cases: list) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "cases": cases}, f, indent=2)
+    print(f"# wrote {path}")

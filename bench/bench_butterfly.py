@@ -19,16 +19,13 @@ Usage: python bench/bench_butterfly.py [--json out.json] [--quick] [--device cpu
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import math
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from _common import cpu_name, git_commit, interleaved_times, median
+from _common import interleaved_times, median, run_meta, write_json
 
 import structops
 from structops import reference
@@ -132,16 +129,7 @@ def main(argv=None) -> int:
         cases += [(2048, 1024, torch.complex64, 1), (2048, 1024, torch.float32, 2)]
         min_runs, min_seconds = 5, 1.0
 
-    meta = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "machine": cpu_name() if args.device == "cpu" else torch.cuda.get_device_name(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "device": args.device,
-        "torch": torch.__version__,
-        "structops": structops.build_info(),
-    }
+    meta = run_meta(args.device)
     print(f"# structops butterfly benchmark  {meta['date']}  commit {meta['commit']}")
     print(f"# {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, "
           f"CPU kernels: {meta['structops']['cpu_isa_in_use']}")
@@ -162,10 +150,7 @@ def main(argv=None) -> int:
               f"(paired per round: {s['fwd_bwd_vs_torch_paired']:.1f}x, {s['fwd_bwd_vs_dense_paired']:.1f}x; {s['rounds']} rounds)")
         print()
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "cases": out}, f, indent=2)
-        print(f"# wrote {args.json}")
+        write_json(args.json, meta, out)
     return 0
 
 

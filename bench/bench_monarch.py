@@ -19,8 +19,6 @@ Usage: python bench/bench_monarch.py [--json out.json] [--quick] [--device cpu|c
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import math
 import os
 import sys
@@ -28,7 +26,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from _common import cpu_name, git_commit, interleaved_times, median
+from _common import interleaved_times, median, run_meta, write_json
 
 import structops
 from structops import reference
@@ -144,17 +142,7 @@ def main(argv=None) -> int:
         cases = [(8192, 1024, 32), (8192, 1024, 4), (4096, 4096, 64), (4096, 4096, 4)]
         min_runs, min_seconds = 7, 1.0
 
-    meta = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "machine": cpu_name() if args.device == "cpu" else torch.cuda.get_device_name(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "device": args.device,
-        "dtype": str(dtype).replace("torch.", ""),
-        "torch": torch.__version__,
-        "structops": structops.build_info(),
-    }
+    meta = run_meta(args.device, dtype=str(dtype).replace("torch.", ""))
     print(f"# structops Monarch benchmark  {meta['date']}  commit {meta['commit']}")
     print(f"# {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, {meta['dtype']}, "
           f"CPU kernels: {meta['structops']['cpu_isa_in_use']}")
@@ -180,10 +168,7 @@ def main(argv=None) -> int:
             print(f"{'':>17}{eng}: {s[key]:.2f}x vs dense, {s[eng + '_fwd_bwd_vs_bmm']:.2f}x vs bmm (fwd+bwd)")
         print()
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "cases": out}, f, indent=2)
-        print(f"# wrote {args.json}")
+        write_json(args.json, meta, out)
     return 0
 
 

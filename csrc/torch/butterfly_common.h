@@ -62,6 +62,43 @@ inline at::Tensor unit_last(const at::Tensor& t) { return t.size(-1) > 1 && t.st
 
 inline DType real_dtype(at::ScalarType t) { return to_dtype(at::isComplexType(t) ? c10::toRealValueType(t) : t); }
 
+// Tensors a backward call must keep alive while the kernel runs: the (possibly copied) inputs
+// whose pointers are in the params struct, and the gradients it writes.
+struct BackwardTensors {
+  at::Tensor x, grad;       // unit stride along the last dim (views or contiguous copies)
+  at::Tensor dtwiddle, dx;  // requested gradients (empty tensors otherwise)
+};
+
+// Fills the pointer/stride fields every butterfly backward params struct shares (Butterfly- or
+// BlockButterflyBackwardParams) and allocates the requested gradients.
+template <class Params>
+BackwardTensors backward_params(Params& p, const ButterflyDims& d, DType dtype, const at::Tensor& twiddle,
+                                const at::Tensor& x_in, const at::Tensor& grad_in, const std::array<bool, 2>& mask) {
+  BackwardTensors t;
+  t.grad = unit_last(grad_in);
+  t.x = mask[0] ? unit_last(x_in) : x_in;
+  const at::Tensor& x = t.x;
+  const at::Tensor& grad = t.grad;
+  at::Tensor& dtwiddle = t.dtwiddle;
+  at::Tensor& dx = t.dx;
+  dtwiddle = mask[0] ? at::empty(twiddle.sizes(), twiddle.options()) : at::empty({0}, x.options());
+  dx = mask[1] ? at::empty({d.batch, d.nstacks, d.in_size}, x.options()) : at::empty({0}, x.options());
+  p.dims = d;
+  p.dtype = dtype;
+  p.twiddle = twiddle.data_ptr();
+  if (mask[0]) {
+    p.x = x.data_ptr();
+    p.x_batch_stride = x.stride(0);
+    p.x_stack_stride = x.stride(1);
+  }
+  p.dy = grad.data_ptr();
+  p.dy_batch_stride = grad.stride(0);
+  p.dy_stack_stride = grad.stride(1);
+  p.dx = mask[1] ? dx.data_ptr() : nullptr;
+  p.dtwiddle = mask[0] ? dtwiddle.data_ptr() : nullptr;
+  return t;
+}
+
 template <class Kernel>
 struct ButterflyOps {
   static at::Tensor forward(const at::Tensor& twiddle_in, const at::Tensor& x_in, bool increasing_stride,
@@ -105,25 +142,11 @@ struct ButterflyOps {
       return {mask[0] ? dt.to(st) : dt, mask[1] ? dx.to(st) : dx};
     }
     const at::Tensor twiddle = twiddle_in.contiguous();
-    const at::Tensor grad = unit_last(grad_in);
-    const at::Tensor x = mask[0] ? unit_last(x_in) : x_in;
-    at::Tensor dtwiddle = mask[0] ? at::empty(twiddle.sizes(), twiddle.options()) : at::empty({0}, x.options());
-    at::Tensor dx = mask[1] ? at::empty({d.batch, d.nstacks, d.in_size}, x.options()) : at::empty({0}, x.options());
-    if (!mask[0] && !mask[1]) return {dtwiddle, dx};
     ButterflyBackwardParams p;
-    p.dims = d;
-    p.dtype = real_dtype(st);
-    p.twiddle = twiddle.data_ptr();
-    if (mask[0]) {
-      p.x = x.data_ptr();
-      p.x_batch_stride = x.stride(0);
-      p.x_stack_stride = x.stride(1);
-    }
-    p.dy = grad.data_ptr();
-    p.dy_batch_stride = grad.stride(0);
-    p.dy_stack_stride = grad.stride(1);
-    p.dx = mask[1] ? dx.data_ptr() : nullptr;
-    p.dtwiddle = mask[0] ? dtwiddle.data_ptr() : nullptr;
+    BackwardTensors t = backward_params(p, d, real_dtype(st), twiddle, x_in, grad_in, mask);
+    at::Tensor& dtwiddle = t.dtwiddle;
+    at::Tensor& dx = t.dx;
+    if (!mask[0] && !mask[1]) return {dtwiddle, dx};
     if (d.batch == 0 || d.out_size == 0 || d.nstacks == 0) {  // nothing flows: zero gradients
       if (mask[0]) dtwiddle.zero_();
       if (mask[1]) dx.zero_();

@@ -78,32 +78,16 @@ std::tuple<at::Tensor, at::Tensor> block_backward(const at::Tensor& grad_in, con
   check_block_dtype(op, x_in.scalar_type());
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor tw = tw_in.contiguous();
-  const at::Tensor grad = unit_last(grad_in);
-  const at::Tensor x = mask[0] ? unit_last(x_in) : x_in;
-  at::Tensor dtw = mask[0] ? at::empty(tw.sizes(), tw.options()) : at::empty({0}, x.options());
-  at::Tensor dx = mask[1] ? at::empty({b.d.batch, b.d.nstacks, b.d.in_size}, x.options()) : at::empty({0}, x.options());
-  if (!mask[0] && !mask[1]) return {dtw, dx};
   BlockButterflyBackwardParams p;
-  p.dims = b.d;
+  BackwardTensors t = backward_params(p, b.d, to_dtype(x_in.scalar_type()), tw, x_in, grad_in, mask);
+  if (!mask[0] && !mask[1]) return {t.dtwiddle, t.dx};
   p.block_size = b.bs;
-  p.dtype = to_dtype(x.scalar_type());
-  p.twiddle = tw.data_ptr();
-  if (mask[0]) {
-    p.x = x.data_ptr();
-    p.x_batch_stride = x.stride(0);
-    p.x_stack_stride = x.stride(1);
-  }
-  p.dy = grad.data_ptr();
-  p.dy_batch_stride = grad.stride(0);
-  p.dy_stack_stride = grad.stride(1);
-  p.dx = mask[1] ? dx.data_ptr() : nullptr;
-  p.dtwiddle = mask[0] ? dtw.data_ptr() : nullptr;
-  p.cuda = cuda_options(x);
+  p.cuda = cuda_options(x_in);
   const int64_t bytes = block_butterfly_backward_cuda_workspace(p);
-  at::Tensor ws = at::empty({bytes}, x.options().dtype(at::kByte));
+  at::Tensor ws = at::empty({bytes}, x_in.options().dtype(at::kByte));
   const char* err = block_butterfly_backward_cuda(p, {ws.data_ptr(), bytes}, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == nullptr, "structops CUDA block butterfly backward failed: ", err);
-  return {dtw, dx};
+  return {t.dtwiddle, t.dx};
 }
 
 }  // namespace

@@ -78,15 +78,7 @@ class Butterfly(nn.Module):
 
     def __init__(self, in_size, out_size, bias=True, complex=False, increasing_stride=True, init="randn", nblocks=1):
         super().__init__()
-        _check_sizes(type(self).__name__, in_size, out_size, nblocks)
-        self.in_size = in_size
-        self.log_n = log_n = _log2_ceil(in_size)
-        self.n = n = 1 << log_n
-        self.out_size = out_size
-        self.nstacks = int(math.ceil(out_size / n))
-        self.complex = complex
-        self.increasing_stride = increasing_stride
-        self.nblocks = nblocks
+        log_n, n = self._set_sizes(in_size, out_size, complex, increasing_stride, nblocks)
         default = torch.get_default_dtype()
         dtype = _COMPLEX_OF[default] if complex else default
         shape = (self.nstacks, nblocks, log_n, n // 2, 2, 2)
@@ -111,6 +103,19 @@ class Butterfly(nn.Module):
             self.register_parameter("bias", None)
         self.twiddle._is_structured = True
         self.reset_parameters()
+
+    def _set_sizes(self, in_size, out_size, complex, increasing_stride, nblocks):
+        """torch_butterfly's size rule: n = 2^ceil(log2 in_size), nstacks = ceil(out_size / n)."""
+        _check_sizes(type(self).__name__, in_size, out_size, nblocks)
+        self.in_size = in_size
+        self.log_n = log_n = _log2_ceil(in_size)
+        self.n = n = 1 << log_n
+        self.out_size = out_size
+        self.nstacks = int(math.ceil(out_size / n))
+        self.complex = complex
+        self.increasing_stride = increasing_stride
+        self.nblocks = nblocks
+        return log_n, n
 
     def reset_parameters(self):
         if self.bias is not None:
@@ -209,15 +214,7 @@ class ButterflyUnitary(Butterfly):
 
     def __init__(self, in_size, out_size, bias=True, increasing_stride=True, nblocks=1):
         nn.Module.__init__(self)
-        _check_sizes(type(self).__name__, in_size, out_size, nblocks)
-        self.in_size = in_size
-        self.log_n = log_n = _log2_ceil(in_size)
-        self.n = n = 1 << log_n
-        self.out_size = out_size
-        self.nstacks = int(math.ceil(out_size / n))
-        self.complex = True
-        self.increasing_stride = increasing_stride
-        self.nblocks = nblocks
+        log_n, n = self._set_sizes(in_size, out_size, True, increasing_stride, nblocks)
         self.init = "ortho"
         self.twiddle = nn.Parameter(torch.empty((self.nstacks, nblocks, log_n, n // 2, 4)))
         cdtype = _COMPLEX_OF[torch.get_default_dtype()]

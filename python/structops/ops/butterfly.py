@@ -33,21 +33,21 @@ __all__ = ["butterfly_multiply", "block_butterfly_multiply"]
 _ops = torch.ops.structops
 
 
-def _check_args(op: str, twiddle, x, increasing_stride, output_size) -> None:
+def _check_args(op: str, twiddle, x, increasing_stride, output_size, block: bool = False) -> None:
+    """Shapes of butterfly_multiply (twiddle 6-D) or, with block=True, block_butterfly_multiply
+    (twiddle 8-D, entries bs x bs blocks)."""
     check_tensors(op, {"twiddle": twiddle, "x": x})
-    if twiddle.dim() != 6:
-        raise ValueError(
-            f"{op}: twiddle must be a 6-D tensor (nstacks, nblocks, log_n, n/2, 2, 2), got shape {shape_of(twiddle)}"
-        )
+    layout = "(nstacks, nblocks, log_n, n/2, 2, 2, bs, bs)" if block else "(nstacks, nblocks, log_n, n/2, 2, 2)"
+    if twiddle.dim() != (8 if block else 6):
+        raise ValueError(f"{op}: twiddle must be a {8 if block else 6}-D tensor {layout}, got shape {shape_of(twiddle)}")
     nstacks, nblocks, log_n = twiddle.shape[:3]
     if log_n > 30:
         raise ValueError(f"{op}: twiddle.shape[2] (log_n) must be at most 30, got {log_n}")
     n = 1 << log_n
-    if tuple(twiddle.shape[3:]) != (n // 2, 2, 2):
-        raise ValueError(
-            f"{op}: twiddle must have shape (nstacks, nblocks, log_n, n/2, 2, 2) with n = 2^log_n = {n}, "
-            f"i.e. {(nstacks, nblocks, log_n, n // 2, 2, 2)}, got {shape_of(twiddle)}"
-        )
+    bs = twiddle.shape[-1] if block else 1
+    want = (nstacks, nblocks, log_n, n // 2, 2, 2) + ((bs, bs) if block else ())
+    if tuple(twiddle.shape) != want or bs < 1:
+        raise ValueError(f"{op}: twiddle must have shape {layout} with n = 2^log_n = {n}, i.e. {want}, got {shape_of(twiddle)}")
     if x.dim() != 3:
         raise ValueError(f"{op}: x must be a 3-D tensor (batch, nstacks, in_size), got shape {shape_of(x)}")
     if x.shape[1] != nstacks:
@@ -59,9 +59,10 @@ def _check_args(op: str, twiddle, x, increasing_stride, output_size) -> None:
     if output_size is not None:
         if isinstance(output_size, bool) or not isinstance(output_size, int):
             raise TypeError(f"{op}: output_size must be an int or None, got {type(output_size).__name__}")
-        if not 0 <= output_size <= n:
-            raise ValueError(f"{op}: output_size must be in [0, n] with n = 2^log_n = {n}, got {output_size}")
-    check_same_device_and_dtype(op, {"twiddle": twiddle, "x": x}, complex_ok_on=("cpu", "cuda"))
+        if not 0 <= output_size <= bs * n:
+            where = f"[0, bs*n] = [0, {bs * n}]" if block else f"[0, n] with n = 2^log_n = {n}"
+            raise ValueError(f"{op}: output_size must be in {where}, got {output_size}")
+    check_same_device_and_dtype(op, {"twiddle": twiddle, "x": x}, complex_ok_on=("cpu",) if block else ("cpu", "cuda"))
 
 
 def butterfly_multiply(twiddle: Tensor, x: Tensor, increasing_stride: bool = True, output_size=None) -> Tensor:
@@ -84,38 +85,6 @@ def butterfly_multiply(twiddle: Tensor, x: Tensor, increasing_stride: bool = Tru
     return _ops.butterfly_multiply(twiddle, x, increasing_stride, output_size)
 
 
-def _check_block_args(op: str, twiddle, x, increasing_stride, output_size) -> None:
-    check_tensors(op, {"twiddle": twiddle, "x": x})
-    if twiddle.dim() != 8:
-        raise ValueError(
-            f"{op}: twiddle must be an 8-D tensor (nstacks, nblocks, log_n, n/2, 2, 2, bs, bs), got shape {shape_of(twiddle)}"
-        )
-    nstacks, nblocks, log_n = twiddle.shape[:3]
-    bs = twiddle.shape[-1]
-    if log_n > 30:
-        raise ValueError(f"{op}: twiddle.shape[2] (log_n) must be at most 30, got {log_n}")
-    n = 1 << log_n
-    if tuple(twiddle.shape[3:]) != (n // 2, 2, 2, bs, bs) or bs < 1:
-        raise ValueError(
-            f"{op}: twiddle must have shape (nstacks, nblocks, log_n, n/2, 2, 2, bs, bs) with n = 2^log_n = {n}, "
-            f"got {shape_of(twiddle)}"
-        )
-    if x.dim() != 3:
-        raise ValueError(f"{op}: x must be a 3-D tensor (batch, nstacks, in_size), got shape {shape_of(x)}")
-    if x.shape[1] != nstacks:
-        raise ValueError(
-            f"{op}: x.shape[1] must equal nstacks = twiddle.shape[0] = {nstacks}, got x of shape {shape_of(x)}"
-        )
-    if not isinstance(increasing_stride, bool):
-        raise TypeError(f"{op}: increasing_stride must be a bool, got {type(increasing_stride).__name__}")
-    if output_size is not None:
-        if isinstance(output_size, bool) or not isinstance(output_size, int):
-            raise TypeError(f"{op}: output_size must be an int or None, got {type(output_size).__name__}")
-        if not 0 <= output_size <= bs * n:
-            raise ValueError(f"{op}: output_size must be in [0, bs*n] = [0, {bs * n}], got {output_size}")
-    check_same_device_and_dtype(op, {"twiddle": twiddle, "x": x}, complex_ok_on=("cpu",))
-
-
 def block_butterfly_multiply(twiddle: Tensor, x: Tensor, increasing_stride: bool = True, output_size=None) -> Tensor:
     """fly's ``block_butterfly_multiply``: the butterfly whose twiddle entries are bs x bs blocks.
 
@@ -126,7 +95,7 @@ def block_butterfly_multiply(twiddle: Tensor, x: Tensor, increasing_stride: bool
     Returns:
         (batch, nstacks, output_size or N).
     """
-    _check_block_args("block_butterfly_multiply", twiddle, x, increasing_stride, output_size)
+    _check_args("block_butterfly_multiply", twiddle, x, increasing_stride, output_size, block=True)
     if torch.is_autocast_enabled(x.device.type) and not x.is_complex():
         dt = torch.get_autocast_dtype(x.device.type)
         twiddle, x = twiddle.to(dt), x.to(dt)
