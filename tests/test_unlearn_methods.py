@@ -89,6 +89,38 @@ def test_method_moves_forget_loss_up_and_leaves_caller_model_alone(name, memoris
     assert log["method"] == name and log["seconds"] >= 0 and log["hparams"] == TINY[name]
 
 
+@pytest.mark.parametrize("name", ["grad_diff", "npo", "simnpo"])
+def test_open_unlearning_trainers_warm_up_for_one_epoch(name, memorised, monkeypatch):
+    """open-unlearning's trainers ramp the learning rate linearly over the first epoch; the lr
+    of every optimizer step is recorded."""
+    from structops.unlearn import methods as M
+
+    seen = []
+    real = M._optimizer
+
+    def recording(*args, **kwargs):
+        opt = real(*args, **kwargs)
+        step = opt.step
+
+        def logged_step(*a, **k):
+            seen.append(opt.param_groups[0]["lr"])
+            return step(*a, **k)
+
+        opt.step = logged_step
+        return opt
+
+    monkeypatch.setattr(M, "_optimizer", recording)
+    model, forget, retain = memorised
+    M.METHODS[name](model, forget, retain, seed=0, lr=0.01, epochs=3, batch_size=4, optimizer="adam")
+    per_epoch = math.ceil(12 / 4)  # 12 forget points
+    assert len(seen) == 3 * per_epoch
+    assert seen[:per_epoch] == pytest.approx([0.01 * (i + 1) / per_epoch for i in range(per_epoch)])
+    assert seen[per_epoch:] == pytest.approx([0.01] * (2 * per_epoch))
+    seen.clear()
+    M.METHODS[name](model, forget, retain, seed=0, lr=0.01, epochs=1, batch_size=4, optimizer="adam", warmup_epochs=0)
+    assert seen == pytest.approx([0.01] * per_epoch)
+
+
 def test_inplace_and_sequential_log(memorised):
     model, forget, retain = memorised
     m = copy.deepcopy(model)

@@ -148,9 +148,43 @@ def test_relearn_curve_shape_and_direction():
     model = nn.Linear(2, 2)
     x = torch.randn(40, 2)
     y = (x[:, 0] > 0).long()
-    curve = probes.relearn(model, (x, y), lambda m: metrics.example_losses(m, (x, y)).mean().item(),
+    curve = probes.relearn(model, (x, y), lambda m, d: metrics.example_losses(m, d).mean().item(),
                            fraction=0.5, steps=20, lr=0.5)
-    assert len(curve) == 21 and curve[-1] < curve[0]
+    assert len(curve) == 21 and curve[-1] < 0.8 * curve[0]
+
+
+def test_relearn_scores_only_the_held_out_forget_points():
+    """The relearning steps use 10% of the forget set; the curve is measured on the other 90%,
+    disjoint from them (v1 scored the relearned points themselves)."""
+    x = torch.arange(50.0)[:, None]
+    y = torch.zeros(50, dtype=torch.long)
+    seen = []
+
+    def evaluate(m, d):
+        seen.append(set(d[0][:, 0].tolist()))
+        return 0.0
+
+    trained = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(1, 2)
+
+        def forward(self, inp):
+            trained.append(set(inp[:, 0].tolist()))
+            return self.lin(inp)
+
+    probes.relearn(Spy(), (x, y), evaluate, fraction=0.1, steps=3, lr=0.1)
+    relearned = set().union(*trained[:1])  # the first forward is the first relearning batch
+    assert len(relearned) == 5 and all(s == seen[0] for s in seen) and len(seen[0]) == 45
+    assert not (seen[0] & relearned)
+    both = []
+    probes.relearn(nn.Linear(1, 2), (x, y), lambda m, d: both.append(len(d[0])) or 0.0, fraction=0.1, steps=1,
+                   score_on="all")
+    assert both == [50, 50]
+    with pytest.raises(ValueError, match="score_on"):
+        probes.relearn(nn.Linear(1, 2), (x, y), evaluate, score_on="relearned")
 
 
 def test_truth_ratio_is_tofus_geometric_mean():

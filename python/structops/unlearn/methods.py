@@ -115,9 +115,14 @@ def _mean_loss(objective: Objective, model, batch) -> Tensor:
 
 
 def _train_loop(model, forget, retain, objective, gen, *, epochs, batch_size, lr, optimizer, weight_decay,
-                step_loss, over="forget", grad_clip=None, post_step=None):
+                step_loss, over="forget", grad_clip=None, post_step=None, warmup_epochs: float = 0.0):
     """Generic optimisation loop.  One epoch = one pass over `over` ('forget' or 'retain');
-    step_loss(model, forget_batch, retain_batch, step, total_steps) returns the scalar loss."""
+    step_loss(model, forget_batch, retain_batch, step, total_steps) returns the scalar loss.
+    ``warmup_epochs``: the learning rate ramps linearly from lr/W to lr over the first
+    W = ceil(warmup_epochs * steps_per_epoch) steps, then stays at lr (open-unlearning's trainers
+    warm up for one epoch)."""
+    if warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
     model.train()
     opt = _optimizer(model.parameters(), optimizer, lr, weight_decay)
     main = forget if over == "forget" else retain
@@ -126,11 +131,15 @@ def _train_loop(model, forget, retain, objective, gen, *, epochs, batch_size, lr
     n_main = num_examples(main)
     steps_per_epoch = max(1, math.ceil(n_main / (batch_size or n_main)))
     total = epochs * steps_per_epoch
+    warmup = math.ceil(warmup_epochs * steps_per_epoch)
     step = 0
     for _ in range(epochs):
         for b in batches(main, batch_size, shuffle=True, generator=gen):
             o = next(other_iter) if other_iter is not None else None
             fb, rb = (b, o) if over == "forget" else (o, b)
+            if warmup:
+                for group in opt.param_groups:
+                    group["lr"] = lr * min(1.0, (step + 1) / warmup)
             loss = step_loss(model, fb, rb, step, total)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -190,13 +199,13 @@ def gradient_ascent(model, forget, retain, objective, gen, *, lr: float = 1e-4, 
 @_method
 def grad_diff(model, forget, retain, objective, gen, *, lr: float = 1e-5, epochs: int = 10, batch_size: int | None = 32,
               gamma: float = 1.0, alpha: float = 1.0, retain_loss: str = "nll", optimizer: str = "adamw",
-              weight_decay: float = 0.01):
+              weight_decay: float = 0.01, warmup_epochs: float = 1.0):
     """Gradient difference: gamma * (-NLL(forget)) + alpha * retain term, retain term NLL or
     KL(original || model) on retain (open-unlearning GradDiff: gamma = alpha = 1, lr 1e-5,
-    10 epochs, AdamW, weight decay 0.01)."""
+    10 epochs, AdamW, weight decay 0.01, one warmup epoch)."""
     ref = _frozen_copy(model) if retain_loss == "kl" else None
     return _train_loop(model, forget, retain, objective, gen, epochs=epochs, batch_size=batch_size, lr=lr,
-                       optimizer=optimizer, weight_decay=weight_decay, over="forget",
+                       optimizer=optimizer, weight_decay=weight_decay, over="forget", warmup_epochs=warmup_epochs,
                        step_loss=lambda m, fb, rb, s, t: -gamma * _mean_loss(objective, m, fb)
                        + alpha * _retain_term(retain_loss, objective, m, ref, rb))
 
@@ -204,10 +213,11 @@ def grad_diff(model, forget, retain, objective, gen, *, lr: float = 1e-5, epochs
 @_method
 def npo(model, forget, retain, objective, gen, *, beta: float = 0.1, lr: float = 1e-5, epochs: int = 10,
         batch_size: int | None = 32, gamma: float = 1.0, alpha: float = 1.0, retain_loss: str = "nll",
-        optimizer: str = "adamw", weight_decay: float = 0.01):
+        optimizer: str = "adamw", weight_decay: float = 0.01, warmup_epochs: float = 1.0):
     """Negative Preference Optimisation (Zhang et al. 2024; open-unlearning NPO: beta = 0.1,
     gamma = alpha = 1):  -(2/beta) log sigmoid(-beta (NLL_ref - NLL_model)) on forget, with
-    sequence-summed NLLs and the frozen original as reference, plus alpha * retain term."""
+    sequence-summed NLLs and the frozen original as reference, plus alpha * retain term; one
+    warmup epoch as open-unlearning's trainers."""
     ref = _frozen_copy(model)
 
     def step_loss(m, fb, rb, s, t):
@@ -219,14 +229,16 @@ def npo(model, forget, retain, objective, gen, *, beta: float = 0.1, lr: float =
         return gamma * forget_term + alpha * _retain_term(retain_loss, objective, m, ref, rb)
 
     return _train_loop(model, forget, retain, objective, gen, epochs=epochs, batch_size=batch_size, lr=lr,
-                       optimizer=optimizer, weight_decay=weight_decay, over="forget", step_loss=step_loss)
+                       optimizer=optimizer, weight_decay=weight_decay, over="forget", step_loss=step_loss,
+                       warmup_epochs=warmup_epochs)
 
 
 @_method
 def simnpo(model, forget, retain, objective, gen, *, beta: float = 4.5, delta: float = 0.0, lr: float = 1e-5,
            epochs: int = 10, batch_size: int | None = 32, gamma: float = 0.125, alpha: float = 1.0,
-           retain_loss: str = "nll", optimizer: str = "adamw", weight_decay: float = 0.01):
-    """SimNPO (Fan et al. 2024; open-unlearning: beta = 4.5, delta = 0, gamma = 0.125, alpha = 1):
+           retain_loss: str = "nll", optimizer: str = "adamw", weight_decay: float = 0.01, warmup_epochs: float = 1.0):
+    """SimNPO (Fan et al. 2024; open-unlearning: beta = 4.5, delta = 0, gamma = 0.125, alpha = 1,
+    one warmup epoch):
     reference-free, length-normalised: -(2/beta) log sigmoid(beta (NLL/|y| - delta)) on forget."""
     ref = _frozen_copy(model) if retain_loss == "kl" else None
 
@@ -236,7 +248,8 @@ def simnpo(model, forget, retain, objective, gen, *, beta: float = 4.5, delta: f
         return gamma * forget_term + alpha * _retain_term(retain_loss, objective, m, ref, rb)
 
     return _train_loop(model, forget, retain, objective, gen, epochs=epochs, batch_size=batch_size, lr=lr,
-                       optimizer=optimizer, weight_decay=weight_decay, over="forget", step_loss=step_loss)
+                       optimizer=optimizer, weight_decay=weight_decay, over="forget", step_loss=step_loss,
+                       warmup_epochs=warmup_epochs)
 
 
 def _l1(model) -> Tensor:

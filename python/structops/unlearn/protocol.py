@@ -259,7 +259,10 @@ def aggregate(arm: list[dict], reference: list[dict], extra=None) -> dict:
         u, o = _stack(arm, "relearn_acc_forget").mean(0), _stack(reference, "relearn_acc_forget").mean(0)
         out["relearn_curve"] = u.tolist()
         out["relearn_curve_oracle"] = o.tolist()
-        out["relearn_gap"] = float(np.mean(np.abs(u - o)))
+        # at step k (the last): held-out forget accuracy after k relearning steps, method vs oracle
+        out["relearn_acc_k"] = float(u[-1])
+        out["relearn_acc_k_oracle"] = float(o[-1])
+        out["relearn_gap"] = float(abs(u[-1] - o[-1]))
     if extra is not None:
         out.update(extra(arm, reference))
     return out

@@ -266,8 +266,9 @@ class TrackB(Track):
                 out[f"{name}_truth_ratio_forget"] = _forget_truth_ratio(qf["tr"])
                 out[f"{name}_margins_forget"] = qf["margin"]
             fa = x["forget_A"]
+            # exact match on the forget answers held out from the 10 relearning steps
             out["relearn_acc_forget"] = np.array(relearn(
-                model, fa, lambda m: _exact_match(m, *fa), fraction=0.1, steps=10, lr=0.05,
+                model, fa, lambda m, d: _exact_match(m, *d), fraction=0.1, steps=10, lr=0.05,
                 objective=self.objective, seed=setup.split_seed))
         return out
 
