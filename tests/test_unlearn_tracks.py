@@ -66,10 +66,16 @@ def test_protocol_track_a_small(tmp_path):
     assert 50 * rep["oracle"]["gklom_forget_p50"] < rep["original"]["gklom_forget_p50"]
     assert rep["original"]["acc_forget"] > 0.9 and rep["oracle"]["acc_forget"] < 0.2
     assert set(r1["chosen"]) == {"finetune", "ssd", "newton_step"}
+    assert set(r1["chosen_oracle_free"]) == set(r1["chosen"]) and "never a retrained oracle" in r1["oracle_free_rule"]
     for m in ("finetune", "ssd", "newton_step"):
-        for k in ("acc_forget", "retain_kl", "gklom_forget_p50", "int4_acc_forget", "relearn_gap", "seconds", "mia_svc",
-                  "bnb4_acc_forget", "bnb8_acc_forget", "gklom_bnb4_forget_p50"):
+        for k in ("acc_forget", "retain_kl", "gklom_forget_p50", "int4_acc_forget", "relearn_gap", "relearn_acc_k",
+                  "seconds", "mia_svc", "bnb4_acc_forget", "bnb8_acc_forget", "gklom_bnb4_forget_p50"):
             assert k in rep[m]
+            assert k in rep[m + protocol.ORACLE_FREE_SUFFIX]
+        # per-model forget margins (n models x n forget points) recorded for every arm
+        pm = rep[m]["per_model_margins_forget"]
+        assert len(pm) == 2 and len(pm[0]) == 60
+    assert len(rep["_reference_margins_forget"]) == 2
     n_models = len([f for f in os.listdir(tmp_path / "trackA") if f.endswith(".pt")])
     assert n_models == 1 + 2 + 2 + 4  # tuning: 1 original + 2 oracles; report: 2 originals + 4 oracles
     # provenance, forget sets (disjoint), stability, CIs
@@ -159,6 +165,24 @@ def test_protocol_rejects_overlapping_forget_sets(tmp_path, monkeypatch):
                                   workers=1, cache_dir=str(tmp_path), progress=False)
     with pytest.raises(AssertionError, match="overlap"):
         protocol.run_protocol(t, "mislabel", cfg)
+
+
+def test_oracle_free_choice_uses_no_oracle_quantity():
+    """Hand-made tuning rows: the most forgetting configuration among those that keep validation
+    accuracy within the tolerance of the originals'; the oracle-tuned score plays no part."""
+    rows = [
+        {"config": {"lr": 1}, "score": 0.0, "summary": {"acc_val": 0.95, "acc_forget": 0.50}},
+        {"config": {"lr": 2}, "score": 9.0, "summary": {"acc_val": 0.945, "acc_forget": 0.20}},
+        {"config": {"lr": 3}, "score": 5.0, "summary": {"acc_val": 0.90, "acc_forget": 0.00}},
+    ]
+    originals = [{"acc_val": 0.95}, {"acc_val": 0.95}]
+    assert protocol.oracle_free_choice(rows, originals, 0.01) == {"lr": 2}
+    assert protocol.oracle_free_choice(rows, originals, 0.1) == {"lr": 3}
+    # nothing within tolerance: the best validation accuracy
+    assert protocol.oracle_free_choice(rows, [{"acc_val": 0.99}], 0.01) == {"lr": 1}
+    # tracks without a validation set use retain accuracy
+    rows_b = [{"config": {"a": i}, "summary": {"acc_retain": v, "acc_forget": f}} for i, (v, f) in enumerate([(0.9, 0.3), (0.7, 0.0)])]
+    assert protocol.oracle_free_choice(rows_b, [{"acc_retain": 0.9}], 0.05) == {"a": 0}
 
 
 def test_model_cache_key_includes_recipe_and_code():

@@ -70,6 +70,7 @@ class ProtocolConfig:
     fresh_splits: tuple = (1, 2, 3)
     bootstrap: int = 1000             # resamples for the confidence intervals
     stability_resamples: int = 200    # oracle resamples for the stability of the tuning choice
+    oracle_free_tolerance: float = 0.01  # validation-accuracy drop the oracle-free choice accepts
     methods: tuple = tuple(METHODS)
     workers: int = max(1, (os.cpu_count() or 1))
     cache_dir: str = field(default_factory=default_cache_dir)
@@ -278,6 +279,32 @@ def _score(summary: dict) -> float:
     return sum(summary.get(f"gklom_{s}_p50", np.inf) for s in TUNE_SETS)
 
 
+ORACLE_FREE_SUFFIX = " (oracle-free)"
+ORACLE_FREE_RULE = ("oracle-free selection: among a method's configurations whose mean validation accuracy "
+                    "(retain accuracy where a track has no validation set) on the tuning split is within {tol} "
+                    "of the original models', the one with the lowest mean forget accuracy; if none is, the one "
+                    "with the highest validation accuracy.  Uses the unlearned and original models only, "
+                    "never a retrained oracle.")
+
+
+def _utility_key(summary: dict) -> str:
+    return "acc_val" if "acc_val" in summary else "acc_retain"
+
+
+def oracle_free_choice(tuning_rows: list, originals: list, tolerance: float) -> dict:
+    """The configuration a practitioner without retrained oracles would pick (ORACLE_FREE_RULE).
+    tuning_rows: [{"config", "summary"}] of one method; originals: per-model results of the
+    original models on the tuning split."""
+    key = _utility_key(tuning_rows[0]["summary"])
+    base = float(np.mean([r[key] for r in originals]))
+    ok = [r for r in tuning_rows if r["summary"][key] >= base - tolerance]
+    if ok:
+        best = min(ok, key=lambda r: (r["summary"]["acc_forget"], -r["summary"][key]))
+    else:
+        best = max(tuning_rows, key=lambda r: r["summary"][key])
+    return best["config"]
+
+
 def _stability(tuning_arms: dict, ref: list, resamples: int, seed: int = 0) -> dict:
     """For one method: {config key: share of bootstrap resamples of the tuning oracles in which
     that configuration has the lowest score}.  tuning_arms = {config key: list of per-model
@@ -425,12 +452,14 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
 
         # ---- tuning on split 0 (its own originals and oracles; validation set, never test)
         tune_jobs = jobs_for(0, "reference", None, None, tune_ref_seeds, False)
+        tune_jobs += jobs_for(0, "original", None, None, tune_orig_seeds, False)  # for the oracle-free choice
         for m in cfg.methods:
             for c in track.grid(m):
                 tune_jobs += jobs_for(0, "method", m, c, tune_orig_seeds, False)
         res = dict(_map(pool, _eval_job, tune_jobs, f"tuning {len(cfg.methods)} methods", cfg.progress))
         ref0 = [res[k] for k in sorted(k for k in res if k[1] == "reference")]
-        tuning, chosen, stability = {}, {}, {}
+        orig0 = [res[k] for k in sorted(k for k in res if k[1] == "original")]
+        tuning, chosen, stability, chosen_free = {}, {}, {}, {}
         for m in cfg.methods:
             tuning[m] = []
             arms_m = {}
@@ -442,6 +471,7 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
                 tuning[m].append({"config": c, "score": _score(summ), "summary": _compact(summ)})
             best = min(tuning[m], key=lambda r: r["score"])
             chosen[m] = best["config"]
+            chosen_free[m] = oracle_free_choice(tuning[m], orig0, cfg.oracle_free_tolerance)
             if cfg.stability_resamples > 0:
                 shares = _stability(arms_m, ref0, cfg.stability_resamples, seed=len(m))
                 stability[m] = {"chosen_share": shares[json.dumps(best["config"], sort_keys=True)],
@@ -456,6 +486,8 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
             jobs += jobs_for(split, "original", None, None, orig_seeds, cfg.probes)
             for m in cfg.methods:
                 jobs += jobs_for(split, "method", m, chosen[m], orig_seeds, cfg.probes)
+                if chosen_free[m] != chosen[m]:
+                    jobs += jobs_for(split, "method", m, chosen_free[m], orig_seeds, cfg.probes)
             res = dict(_map(pool, _eval_job, jobs, f"report split {split}", cfg.progress))
             ref = [res[k] for k in sorted(k for k in res if k[0] == split and k[1] == "reference")]
             arms = {"oracle": [res[k] for k in sorted(k for k in res if k[1] == "oracle")],
@@ -463,7 +495,14 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
             for m in cfg.methods:
                 key = json.dumps(chosen[m], sort_keys=True)
                 arms[m] = [res[(split, "method", m, key, i)] for i in range(n)]
+            for m in cfg.methods:  # after the oracle-tuned rows, so tables keep their order
+                key = json.dumps(chosen_free[m], sort_keys=True)
+                arms[m + ORACLE_FREE_SUFFIX] = [res[(split, "method", m, key, i)] for i in range(n)]
             report[split] = {name: aggregate(a, ref, extra) for name, a in arms.items()}
+            # per-model forget margins (the KLoM inputs) of every arm and of the reference oracles
+            for name, a in arms.items():
+                report[split][name]["per_model_margins_forget"] = np.round(_stack(a, "margins_forget"), 4).tolist()
+            report[split]["_reference_margins_forget"] = np.round(_stack(ref, "margins_forget"), 4).tolist()
             if cfg.bootstrap > 0:
                 for name, a in arms.items():
                     d = _bootstrap(a, ref, cfg.bootstrap, seed=1000 * split + len(name))
@@ -493,6 +532,8 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
         "tune_oracles": len(tune_ref_seeds),
         "methods": list(cfg.methods),
         "chosen": chosen,
+        "chosen_oracle_free": chosen_free,
+        "oracle_free_rule": ORACLE_FREE_RULE.format(tol=cfg.oracle_free_tolerance),
         "stability": stability,
         "tuning": tuning,
         "report": {str(k): v for k, v in report.items()},
@@ -508,6 +549,6 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
 
 
 def _compact(summary: dict) -> dict:
-    keep = ("acc_forget", "acc_retain", "acc_test", "gklom_forget_p50", "gklom_retain_p50", "gklom_test_p50",
+    keep = ("acc_forget", "acc_retain", "acc_test", "acc_val", "gklom_forget_p50", "gklom_retain_p50", "gklom_test_p50",
             "retain_kl", "seconds")
     return {k: summary[k] for k in keep if k in summary}
