@@ -222,3 +222,21 @@ def test_confidence_intervals_contain_their_estimates():
             lo, hi = ci[k]
             assert lo <= est[k] <= hi, (shift, k, lo, est[k], hi)
         assert ci["gklom_forget_p50"][1] - ci["gklom_forget_p50"][0] > 0
+
+
+def test_docs_tables_render_from_results_and_stale_ones_are_caught(tmp_path, capsys):
+    """bench --check-docs re-renders the v2 table of a results JSON and requires it verbatim in
+    the doc: a doc holding the rendered table passes, one with a single changed number fails."""
+    from structops.unlearn import bench
+
+    res = os.path.join(os.path.dirname(__file__), "..", "docs", "results", "unlearn_v2_A_mislabel.json")
+    with open(res) as f:
+        table = bench.render_pooled(json.load(f))
+    assert table.startswith("#### Track A / mislabel — v2") and "| finetune |" in table
+    good = tmp_path / "good.md"
+    good.write_text("intro\n\n" + table + "\n\nmore\n")
+    assert bench.main(["--check-docs", str(good), res]) == 0
+    bad = tmp_path / "bad.md"
+    bad.write_text(table.replace("| finetune | ", "| finetune | 9", 1))
+    assert bench.main(["--check-docs", str(bad), res]) == 1
+    assert "STALE" in capsys.readouterr().out

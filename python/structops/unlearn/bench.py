@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 from .methods import METHODS
-from .protocol import ProtocolConfig, default_cache_dir, run_protocol
+from .protocol import ORACLE_FREE_SUFFIX, ProtocolConfig, default_cache_dir, run_protocol
 
 
 def make_track(name: str):
@@ -77,6 +77,81 @@ COLUMNS_B = [
     ("relearn", "relearn_gap", "{:.3f}"),
     ("s", "seconds", "{:.1f}"),
 ]
+
+
+# The docs' protocol-v2 tables (docs/UNLEARNING.md): pooled over the fresh forget sets, 95% CIs
+# where the protocol computes them.  (header, key, how): "ci" = pooled mean [CI]; "mean" = mean
+# over the forget sets of the per-set value; "stability" = share of oracle resamples choosing
+# the same configuration.
+POOLED_COLUMNS_A = [
+    ("accF", "acc_forget", "ci"), ("accR", "acc_retain", "ci"), ("accT", "acc_test", "ci"),
+    ("gKLoM F p50", "gklom_forget_p50", "ci"), ("gKLoM F p95", "gklom_forget_p95", "ci"),
+    ("gKLoM T p50", "gklom_test_p50", "ci"), ("MIA", "mia_loss", "ci"),
+    ("RTN int4 accF", "int4_acc_forget", "mean"), ("bnb FP4 accF", "bnb4_acc_forget", "mean"),
+    ("LLM.int8 accF", "bnb8_acc_forget", "mean"), ("relearn accF@10", "relearn_acc_k", "mean"),
+    ("stability", None, "stability"),
+]
+POOLED_COLUMNS_B = [
+    ("accF", "acc_forget", "ci"), ("accR", "acc_retain", "ci"), ("util", "model_utility", "ci"),
+    ("TR F", "truth_ratio_forget", "ci"), ("gKLoM F p50", "gklom_forget_p50", "ci"),
+    ("gKLoM F p95", "gklom_forget_p95", "ci"), ("MIA", "mia_loss", "ci"),
+    ("bnb FP4 accF", "bnb4_acc_forget", "mean"), ("relearn accF@10", "relearn_acc_k", "mean"),
+    ("stability", None, "stability"),
+]
+
+
+def render_pooled(res: dict) -> str:
+    """The docs' v2 table of one results JSON (heading line + markdown table), deterministic."""
+    splits = res["report_splits"] if "report_splits" in res else res["forget_sets"]["report_splits"]
+    sizes = res["report"][str(splits[0])].get("_sizes")
+    prov, timing = res.get("provenance", {}), res.get("timing", {})
+    head = (f"#### Track {res['track']} / {res['scenario']} — v2, pooled over forget sets {list(splits)} "
+            f"({res['seeds']} originals, {2 * res['seeds']} oracles each; tuning {res['tune_seeds']} × "
+            f"{res['tune_oracles']}; sizes {sizes}; commit {prov.get('commit')}, {timing.get('total_s', 0):.0f} s)")
+    cols = POOLED_COLUMNS_A if res["track"] == "A" else POOLED_COLUMNS_B
+    pooled = res["report_pooled"]
+    arms = ["oracle", "original"] + [a for a in pooled if a not in ("oracle", "original")]
+    lines = ["| arm | " + " | ".join(h for h, _, _ in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for arm in arms:
+        row = [arm]
+        for _, key, how in cols:
+            if how == "ci":
+                v = pooled[arm].get(key)
+                ci = pooled[arm].get("ci", {}).get(key)
+                row.append("-" if v is None else (f"{v:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else f"{v:.3g}"))
+            elif how == "mean":
+                vals = [res["report"][str(sp)][arm].get(key) for sp in splits]
+                row.append("-" if any(v is None for v in vals) else f"{float(np.mean(vals)):.3g}")
+            else:
+                method = arm.replace(ORACLE_FREE_SUFFIX, "")
+                st = res.get("stability", {}).get(method)
+                row.append(f"{st['chosen_share']:.2f}" if st and arm == method else "—")
+        lines.append("| " + " | ".join(row) + " |")
+    return head + "\n\n" + "\n".join(lines)
+
+
+def check_docs(doc_path: str, result_paths: list) -> int:
+    """Re-render every results JSON's v2 table and check it stands verbatim in the doc; prints a
+    diff for each table that does not.  Returns the number of stale tables."""
+    import difflib
+
+    with open(doc_path) as f:
+        doc = f.read()
+    stale = 0
+    for path in result_paths:
+        with open(path) as f:
+            table = render_pooled(json.load(f))
+        if table in doc:
+            print(f"ok    {path}: its table in {doc_path} is current")
+            continue
+        stale += 1
+        head = table.split("\n", 1)[0]
+        start = doc.find(head.split(" — ")[0])
+        old = doc[start:start + len(table) + 200].split("\n\n\n")[0] if start >= 0 else ""
+        print(f"STALE {path}: {doc_path} does not contain its table" + ("" if start >= 0 else " (no such section)"))
+        sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), table.splitlines(True), doc_path, path))
+        print()
+    return stale
 
 
 def _rows(report: dict, columns) -> list[list[str]]:
@@ -151,6 +226,16 @@ def plot_tradeoff(results: dict, path: str) -> None:
 def main(argv=None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    if argv and argv[0] == "--render-pooled":  # the docs' v2 tables of saved results
+        for path in argv[1:]:
+            with open(path) as f:
+                print(render_pooled(json.load(f)) + "\n")
+        return 0
+    if argv and argv[0] == "--check-docs":  # --check-docs DOC.md RESULT.json...: are the tables current?
+        if len(argv) < 3:
+            print("usage: --check-docs DOC.md RESULTS.json [...]", file=sys.stderr)
+            return 2
+        return 1 if check_docs(argv[1], argv[2:]) else 0
     if argv and argv[0] == "--render":  # markdown tables of saved results, no rerun
         paths, png_dir = list(argv[1:]), None
         if "--png-dir" in paths:  # also redraw the trade-off plots from the saved results
