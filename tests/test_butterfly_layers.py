@@ -142,9 +142,13 @@ def test_butterfly_unitary_matches_upstream_and_is_unitary():
 
 def test_butterfly_bmm_matches_upstream():
     T = upstream()
+    torch.manual_seed(5)
     u = T.ButterflyBmm(20, 40, matrix_batch=3, nblocks=2)
+    torch.manual_seed(5)
     o = structops.nn.ButterflyBmm(20, 40, matrix_batch=3, nblocks=2)
     assert u.state_dict().keys() == o.state_dict().keys()
+    for k, v in u.state_dict().items():  # seeded init identical (same RNG consumption)
+        assert torch.equal(v, o.state_dict()[k]), k
     o.load_state_dict(u.state_dict())
     x = torch.randn(7, 3, 20)
     assert rel(o(x), u(x)) < 1e-5

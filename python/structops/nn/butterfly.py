@@ -262,8 +262,9 @@ class ButterflyBmm(Butterfly):
                  init="randn", nblocks=1):
         if isinstance(matrix_batch, bool) or not isinstance(matrix_batch, int) or matrix_batch < 1:
             raise ValueError(f"ButterflyBmm: matrix_batch must be a positive int, got {matrix_batch!r}")
-        self._matrix_batch = matrix_batch
-        super().__init__(in_size, out_size, bias, complex, increasing_stride, init="empty", nblocks=nblocks)
+        # bias=False, init="empty": the base constructor draws no random numbers, so the draws
+        # below match torch_butterfly's ButterflyBmm one for one
+        super().__init__(in_size, out_size, False, complex, increasing_stride, init="empty", nblocks=nblocks)
         nstacks = self.nstacks
         self.matrix_batch = matrix_batch
         dtype = self.twiddle.dtype
