@@ -114,7 +114,8 @@ def test_open_unlearning_trainers_warm_up_for_one_epoch(name, memorised, monkeyp
     M.METHODS[name](model, forget, retain, seed=0, lr=0.01, epochs=3, batch_size=4, optimizer="adam")
     per_epoch = math.ceil(12 / 4)  # 12 forget points
     assert len(seen) == 3 * per_epoch
-    assert seen[:per_epoch] == pytest.approx([0.01 * (i + 1) / per_epoch for i in range(per_epoch)])
+    # Hugging Face's linear warmup: step t at lr * t / W (the first step at 0)
+    assert seen[:per_epoch] == pytest.approx([0.01 * i / per_epoch for i in range(per_epoch)])
     assert seen[per_epoch:] == pytest.approx([0.01] * (2 * per_epoch))
     seen.clear()
     M.METHODS[name](model, forget, retain, seed=0, lr=0.01, epochs=1, batch_size=4, optimizer="adam", warmup_epochs=0)

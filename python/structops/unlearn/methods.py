@@ -118,9 +118,10 @@ def _train_loop(model, forget, retain, objective, gen, *, epochs, batch_size, lr
                 step_loss, over="forget", grad_clip=None, post_step=None, warmup_epochs: float = 0.0):
     """Generic optimisation loop.  One epoch = one pass over `over` ('forget' or 'retain');
     step_loss(model, forget_batch, retain_batch, step, total_steps) returns the scalar loss.
-    ``warmup_epochs``: the learning rate ramps linearly from lr/W to lr over the first
-    W = ceil(warmup_epochs * steps_per_epoch) steps, then stays at lr (open-unlearning's trainers
-    warm up for one epoch)."""
+    ``warmup_epochs``: W = ceil(warmup_epochs * steps_per_epoch) warmup steps with Hugging Face
+    Trainer's linear warmup (what open-unlearning's ``warmup_epochs`` turns into): optimizer step
+    t (0-based) runs at lr * t / W for t < W (the first at lr 0), then at lr.  The decay after
+    the warmup that HF's default scheduler would add is not reproduced (constant lr)."""
     if warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
     model.train()
@@ -139,7 +140,7 @@ def _train_loop(model, forget, retain, objective, gen, *, epochs, batch_size, lr
             fb, rb = (b, o) if over == "forget" else (o, b)
             if warmup:
                 for group in opt.param_groups:
-                    group["lr"] = lr * min(1.0, (step + 1) / warmup)
+                    group["lr"] = lr * min(1.0, step / warmup)
             loss = step_loss(model, fb, rb, step, total)
             opt.zero_grad(set_to_none=True)
             loss.backward()
