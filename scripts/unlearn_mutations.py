@@ -76,7 +76,17 @@ def _mutations():
 
         protocol.oracle_free_choice = lambda rows, originals, tol: min(rows, key=lambda r: r["score"])["config"]
 
+    def svc_one_feature(unlearn):  # the all-features SVC MIA silently uses the confidence feature only
+        orig = unlearn.metrics.mia_svc_all
+        unlearn.metrics.mia_svc_all = lambda *a, **k: {f: v for f, v in orig(*a, **k).items() if f == "confidence"}
+
+    def mrp_forget_init(unlearn):  # MRP back to the forget-state initialisation
+        orig = unlearn.methods._mrp_init
+        unlearn.methods._mrp_init = lambda f, r, dim, init, rv: orig(f, r, dim, "forget_pca", rv)
+
     muts = {
+        "mrp_forget_init": mrp_forget_init,
+        "svc_one_feature": svc_one_feature,
         "warmup_off": warmup_off,
         "relearn_scores_relearned": relearn_scores_relearned,
         "oracle_free_uses_oracle": oracle_free_uses_oracle,

@@ -224,6 +224,34 @@ def _split(flat, params):
     return out
 
 
+def test_mrp_upstream_init_hand_computed():
+    """MRP's init_W: the forget states span {e0, e3} (full row rank: the reduced QR of
+    rank-deficient states would remove an arbitrary extra direction, as upstream's does); with
+    that span removed the retain residual lives in {e1, e2} with energies 18 and 2 and no cross
+    term, so the top uncentred principal directions are e1, then e2 — never a forget direction."""
+    from structops.unlearn.methods import _mrp_init
+
+    f = torch.tensor([[2.0, 0, 0, 1.0], [-1.0, 0, 0, 1.0]], dtype=torch.float64)
+    r = torch.tensor([[5.0, 3, 0, 0], [4.0, -3, 0, 0], [6.0, 0, 1, 0], [1.0, 0, -1, 0]], dtype=torch.float64)
+    w = _mrp_init(f, r, 2, "upstream", 0.9)
+    assert torch.allclose(w[0].abs(), torch.tensor([0, 1.0, 0, 0], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(w[1].abs(), torch.tensor([0, 0, 1.0, 0], dtype=torch.float64), atol=1e-12)
+    # the earlier variant starts from (centred) forget-state directions instead
+    w_old = _mrp_init(f, r, 1, "forget_pca", 0.5)
+    assert float((w_old[0, [0, 3]] ** 2).sum()) > 0.5
+    with pytest.raises(ValueError, match="init must be"):
+        _mrp_init(f, r, 1, "centred", 0.9)
+
+
+def test_mrp_default_init_is_upstream(memorised):
+    model, forget, retain = memorised
+    kw = TINY["representation_projection"]
+    x = torch.randn(30, 2)
+    default = unlearn.representation_projection(model, forget, retain, seed=1, **kw)(x)
+    assert torch.equal(default, unlearn.representation_projection(model, forget, retain, seed=1, init="upstream", **kw)(x))
+    assert not torch.equal(default, unlearn.representation_projection(model, forget, retain, seed=1, init="forget_pca", **kw)(x))
+
+
 def test_representation_projection_accumulates(memorised):
     model, forget, retain = memorised
     a = unlearn.representation_projection(model, forget, retain, dim=2, layers=["1"], epochs=1)

@@ -106,6 +106,29 @@ def test_mia_threshold_on_separable_losses():
     assert metrics.mia_loss_threshold(m, forget_like_retain, retain, test) == 0.0
     assert metrics.mia_svc(m, forget_like_test, retain, test) == 1.0
     assert metrics.mia_svc(m, forget_like_retain, retain, test) == 0.0
+    # every Unlearn-Sparse feature separates these two populations the same way
+    # (correctness: retain is all correct, test all wrong)
+    a = metrics.mia_svc_all(m, forget_like_test, retain, test)
+    b = metrics.mia_svc_all(m, forget_like_retain, retain, test)
+    assert set(a) == set(metrics.SVC_FEATURES)
+    assert all(v == 1.0 for v in a.values()) and all(v == 0.0 for v in b.values()), (a, b)
+
+
+def test_confidence_features_hand_computed():
+    """Song & Mittal's features for p = (0.8, 0.2), true class 0: confidence 0.8, entropy
+    -(0.8 ln 0.8 + 0.2 ln 0.2) = 0.5004, modified entropy -(1 - 0.8) ln 0.8 - 0.2 ln(1 - 0.2)
+    = 0.0893, correctness 1; and the probability vector itself."""
+
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return torch.log(torch.tensor([[0.8, 0.2]])).expand(len(x), 2)
+
+    f = metrics.confidence_features(Fixed(), (torch.zeros(3, 1), torch.zeros(3, dtype=torch.long)))
+    torch.testing.assert_close(f["confidence"], torch.full((3,), 0.8))
+    torch.testing.assert_close(f["entropy"], torch.full((3,), -(0.8 * math.log(0.8) + 0.2 * math.log(0.2))))
+    torch.testing.assert_close(f["m_entropy"], torch.full((3,), -0.2 * math.log(0.8) - 0.2 * math.log(0.8)))
+    torch.testing.assert_close(f["correctness"], torch.ones(3))
+    torch.testing.assert_close(f["prob"], torch.tensor([[0.8, 0.2]] * 3))
 
 
 def test_quantize_rtn_known_values():

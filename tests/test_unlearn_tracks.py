@@ -69,7 +69,8 @@ def test_protocol_track_a_small(tmp_path):
     assert set(r1["chosen_oracle_free"]) == set(r1["chosen"]) and "never a retrained oracle" in r1["oracle_free_rule"]
     for m in ("finetune", "ssd", "newton_step"):
         for k in ("acc_forget", "retain_kl", "gklom_forget_p50", "int4_acc_forget", "relearn_gap", "relearn_acc_k",
-                  "seconds", "mia_svc", "bnb4_acc_forget", "bnb8_acc_forget", "gklom_bnb4_forget_p50"):
+                  "seconds", "mia_svc", "mia_svc_prob", "mia_svc_m_entropy", "bnb4_acc_forget", "bnb8_acc_forget",
+                  "gklom_bnb4_forget_p50"):
             assert k in rep[m]
             assert k in rep[m + protocol.ORACLE_FREE_SUFFIX]
         # per-model forget margins (n models x n forget points) recorded for every arm

@@ -89,6 +89,7 @@ POOLED_COLUMNS_A = [
     ("gKLoM T p50", "gklom_test_p50", "ci"), ("MIA", "mia_loss", "ci"),
     ("RTN int4 accF", "int4_acc_forget", "mean"), ("bnb FP4 accF", "bnb4_acc_forget", "mean"),
     ("LLM.int8 accF", "bnb8_acc_forget", "mean"), ("relearn accF@10", "relearn_acc_k", "mean"),
+    ("SVC-MIA corr/conf/ent/m-ent/prob", "mia_svc_", "svc"),
     ("stability", None, "stability"),
 ]
 POOLED_COLUMNS_B = [
@@ -122,6 +123,12 @@ def render_pooled(res: dict) -> str:
             elif how == "mean":
                 vals = [res["report"][str(sp)][arm].get(key) for sp in splits]
                 row.append("-" if any(v is None for v in vals) else f"{float(np.mean(vals)):.3g}")
+            elif how == "svc":  # every SVC-MIA feature, mean over the forget sets
+                parts = []
+                for f in ("correctness", "confidence", "entropy", "m_entropy", "prob"):
+                    vals = [res["report"][str(sp)][arm].get(key + f) for sp in splits]
+                    parts.append("-" if any(v is None for v in vals) else f"{float(np.mean(vals)):.2f}")
+                row.append("/".join(parts))
             else:
                 method = arm.replace(ORACLE_FREE_SUFFIX, "")
                 st = res.get("stability", {}).get(method)

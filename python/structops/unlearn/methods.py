@@ -505,14 +505,42 @@ def _default_layers(model) -> list[str]:
     return linears[:-1]
 
 
+def _mrp_init(f_states: Tensor, r_states: Tensor, dim: int, init: str, retain_var: float) -> Tensor:
+    """Initial W (dim x d) of representation_projection.
+
+    * ``"upstream"`` (MRP_code/train.py ``init_W``): remove the span of the forget states from the
+      retain states (orthonormal basis by a reduced QR of the forget states), then the top ``dim``
+      *uncentred* principal directions of that residual (eigenvectors of R^T R / (n - 1)).
+    * ``"forget_pca"`` (structops' earlier variant): the top principal directions of the centred
+      forget states outside the span of the retain states' top principal components
+      (``retain_var`` of their variance)."""
+    if init == "upstream":
+        qf, _ = torch.linalg.qr(f_states.T, mode="reduced")  # (d, min(n_f, d))
+        resid = r_states - (r_states @ qf) @ qf.T
+        cov = resid.T @ resid / max(1, resid.shape[0] - 1)
+        _, _, vh = torch.linalg.svd(cov)
+        return vh[:dim].clone()
+    if init == "forget_pca":
+        _, S, Vh = torch.linalg.svd(r_states - r_states.mean(0), full_matrices=False)
+        cum = (S ** 2).cumsum(0) / (S ** 2).sum().clamp_min(1e-30)
+        k = int((cum < retain_var).sum()) + 1
+        R = Vh[:k]
+        fc = f_states - f_states.mean(0)
+        fc = fc - (fc @ R.T) @ R
+        _, _, Vf = torch.linalg.svd(fc, full_matrices=False)
+        return Vf[:dim].clone()
+    raise ValueError(f"representation_projection: init must be 'upstream' or 'forget_pca', got {init!r}")
+
+
 @_method
 def representation_projection(model, forget, retain, objective, gen, *, layers: list[str] | None = None, dim: int = 2,
                               lr: float = 2e-4, epochs: int = 2, batch_size: int | None = 32, retain_weight: float = 1.2,
-                              retain_var: float = 0.9):
+                              retain_var: float = 0.9, init: str = "upstream"):
     """MRP-style representation projection (ChengcanWu/MRP): on each chosen hidden state,
-    h <- h - h Q^T Q with Q the orthonormal rows of [W_prev; W]; W (dim x d) starts from the
-    forget states' principal directions outside the span of the retain states' top principal
-    components (``retain_var`` of their variance) and is trained with the model frozen on
+    h <- h - h Q^T Q with Q the orthonormal rows of [W_prev; W]; W (dim x d) starts as in MRP's
+    code (``init="upstream"``: the top uncentred principal directions of the retain states with
+    the forget-state span removed; ``"forget_pca"``: our earlier forget-state variant, see
+    ``_mrp_init``) and is trained with the model frozen on
     -NLL(forget) + retain_weight * NLL(retain) (defaults: dim 2, lr 2e-4, 2 epochs, 1.2).
     Irreversible; sequential requests accumulate (W_prev = the rows already installed).  The
     projection lives in a buffer ``mrp_basis`` plus a forward hook on each module, so it
@@ -532,14 +560,7 @@ def representation_projection(model, forget, retain, objective, gen, *, layers: 
     for m, f_states, r_states in zip(modules, hf, hr):
         d = f_states.shape[-1]
         prev = m.mrp_basis.detach() if hasattr(m, "mrp_basis") else torch.zeros(0, d, dtype=f_states.dtype)
-        _, S, Vh = torch.linalg.svd(r_states - r_states.mean(0), full_matrices=False)
-        cum = (S ** 2).cumsum(0) / (S ** 2).sum().clamp_min(1e-30)
-        k = int((cum < retain_var).sum()) + 1
-        R = Vh[:k]
-        fc = f_states - f_states.mean(0)
-        fc = fc - (fc @ R.T) @ R
-        _, _, Vf = torch.linalg.svd(fc, full_matrices=False)
-        W = Vf[:dim].clone().requires_grad_(True)
+        W = _mrp_init(f_states, r_states, dim, init, retain_var).requires_grad_(True)
         Ws.append(W)
         prevs.append(prev)
         if not hasattr(m, "mrp_basis"):

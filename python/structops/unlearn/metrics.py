@@ -156,7 +156,8 @@ def gaussian_klom(unlearned_margins, oracle_margins, std_floor: float = 0.1) -> 
 # ---------------------------------------------------------------------------------------------
 def confidence_features(model: nn.Module, data, objective=None) -> dict[str, Tensor]:
     """Per-example features of Unlearn-Sparse's SVC MIA: correctness, confidence p_y, entropy,
-    modified entropy (Song & Mittal 2021); averaged over positions for LMs."""
+    modified entropy (Song & Mittal 2021), averaged over positions for LMs; and, for classifiers
+    (one scored position per example), "prob": the (n, classes) probability vectors."""
     logp, t, e, n = _scored(model, data, as_objective(objective))
     p = logp.exp()
     py = p.gather(1, t[:, None])[:, 0]
@@ -165,7 +166,10 @@ def confidence_features(model: nn.Module, data, objective=None) -> dict[str, Ten
     m_ent = -(1 - py) * logp.gather(1, t[:, None])[:, 0] - (p * log_1m).sum(-1) + py * log_1m.gather(1, t[:, None])[:, 0]
     feats = {"correctness": (logp.argmax(-1) == t).float(), "confidence": py, "entropy": ent, "m_entropy": m_ent}
     cnt = torch.zeros(n).index_add_(0, e, torch.ones_like(py))
-    return {k: torch.zeros(n).index_add_(0, e, v.float()) / cnt.clamp_min(1) for k, v in feats.items()}
+    out = {k: torch.zeros(n).index_add_(0, e, v.float()) / cnt.clamp_min(1) for k, v in feats.items()}
+    if len(e) == n and torch.equal(e, torch.arange(n)):  # one scored position per example (classifiers)
+        out["prob"] = p  # (n, classes): Unlearn-Sparse's "prob" feature, the whole softmax vector
+    return out
 
 
 def _best_threshold(member: np.ndarray, nonmember: np.ndarray) -> tuple[float, bool]:
@@ -191,6 +195,41 @@ def mia_loss_threshold(model: nn.Module, forget, retain, test, objective=None) -
     thr, higher = _best_threshold(lr, lt)
     member = lf >= thr if higher else lf <= thr
     return float(1 - member.mean())
+
+
+SVC_FEATURES = ("correctness", "confidence", "entropy", "m_entropy", "prob")
+
+
+def _svc_nonmember_share(fr: np.ndarray, ft: np.ndarray, ff: np.ndarray, max_shadow: int, seed: int) -> float:
+    """SVC (C=3, RBF) trained on member (fr) vs non-member (ft) features, balanced by subsampling
+    both to the same count; the share of ff predicted non-member.  Arrays (n,) or (n, d)."""
+    from sklearn.svm import SVC
+
+    fr, ft, ff = (np.asarray(a, dtype=np.float64).reshape(len(a), -1) for a in (fr, ft, ff))
+    rng = np.random.default_rng(seed)
+    k = min(len(fr), len(ft), max_shadow)
+    fr, ft = fr[rng.choice(len(fr), k, replace=False)], ft[rng.choice(len(ft), k, replace=False)]
+    X = np.concatenate([fr, ft])
+    y = np.concatenate([np.ones(k), np.zeros(k)])
+    clf = SVC(C=3, gamma="auto", kernel="rbf").fit(X, y)
+    return float(1 - clf.predict(ff).mean())
+
+
+def mia_svc_all(model: nn.Module, forget, retain, test, objective=None, features=SVC_FEATURES,
+                max_shadow: int = 2000, seed: int = 0) -> dict:
+    """Unlearn-Sparse's ``SVC_MIA`` with every feature it uses: {feature: share of the forget set
+    predicted non-member} for correctness, confidence, entropy, modified entropy and the
+    probability vector ("prob", classifiers only — omitted for sequence models).  One SVC per
+    feature, trained on retain (members) vs test (non-members), balanced."""
+    fr, ft, ff = (confidence_features(model, d, objective) for d in (retain, test, forget))
+    out = {}
+    for f in features:
+        if f not in fr:
+            continue
+        if f not in ("correctness", "confidence", "entropy", "m_entropy", "prob"):
+            raise ValueError(f"mia_svc_all: unknown feature {f!r}; choose from {SVC_FEATURES}")
+        out[f] = _svc_nonmember_share(fr[f].numpy(), ft[f].numpy(), ff[f].numpy(), max_shadow, seed)
+    return out
 
 
 def mia_svc(model: nn.Module, forget, retain, test, objective=None, feature: str = "confidence",

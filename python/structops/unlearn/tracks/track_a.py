@@ -154,6 +154,9 @@ class TrackA(Track):
             "mia_loss": metrics.mia_loss_threshold(model, setup.forget, setup.retain, setup.test, obj),
             "mia_svc": metrics.mia_svc(model, setup.forget, setup.retain, setup.test, obj),
         }
+        # every SVC-MIA feature of Unlearn-Sparse (mia_svc above is its confidence feature)
+        for f, v in metrics.mia_svc_all(model, setup.forget, setup.retain, setup.test, obj).items():
+            out[f"mia_svc_{f}"] = v
         if setup.scenario == "mislabel":
             out["acc_forget_true_label"] = metrics.accuracy(model, setup.extra["forget_true_labels"], obj)
         if original is not None:
