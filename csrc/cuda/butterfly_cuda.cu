@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <type_traits>
 
 #include "butterfly_pass.cuh"
@@ -78,12 +79,22 @@ __global__ void reduce_partials_kernel(const float* partials, int64_t nblocks_g,
 }
 
 // ---- device queries -------------------------------------------------------------------------
+// SM count and opt-in shared memory of the current device, queried once per device (every call
+// plans twice: workspace size, then launch).  Racing first calls write the same values.
 DeviceInfo device_info() {
+  constexpr int kMaxDevices = 64;
+  static DeviceInfo cache[kMaxDevices];
+  static std::atomic<bool> known[kMaxDevices];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return DeviceInfo{};
+  if (dev >= 0 && dev < kMaxDevices && known[dev].load(std::memory_order_acquire)) return cache[dev];
   DeviceInfo d;
-  int dev = 0, v = 0;
-  if (cudaGetDevice(&dev) == cudaSuccess) {
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess) d.sm_count = v;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess && v > 0) d.smem_optin = v;
+  int v = 0;
+  if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess) d.sm_count = v;
+  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess && v > 0) d.smem_optin = v;
+  if (dev >= 0 && dev < kMaxDevices) {
+    cache[dev] = d;
+    known[dev].store(true, std::memory_order_release);
   }
   return d;
 }

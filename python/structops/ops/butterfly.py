@@ -150,28 +150,26 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(twiddle, x if ctx.needs_input_grad[0] else None)
 
 
-def _backward(ctx, grad):
-    twiddle, x = ctx.saved_tensors
-    if x is None:
-        x = twiddle.new_zeros(()).expand(ctx.x_shape)
-    mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-    dt, dx = _ops.butterfly_multiply_backward(grad, twiddle, x, ctx.increasing_stride, mask)
-    return (dt if mask[0] else None, dx if mask[1] else None, None, None)
+def _make_backward(backward_op):
+    """Autograd backward of a butterfly op: its ``*_backward`` op with the requested gradients."""
+
+    def backward(ctx, grad):
+        twiddle, x = ctx.saved_tensors
+        if x is None:
+            x = twiddle.new_zeros(()).expand(ctx.x_shape)
+        mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+        dt, dx = backward_op(grad, twiddle, x, ctx.increasing_stride, mask)
+        return (dt if mask[0] else None, dx if mask[1] else None, None, None)
+
+    return backward
 
 
-torch.library.register_autograd("structops::butterfly_multiply", _backward, setup_context=_setup)
-
-
-def _block_backward(ctx, grad):
-    twiddle, x = ctx.saved_tensors
-    if x is None:
-        x = twiddle.new_zeros(()).expand(ctx.x_shape)
-    mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-    dt, dx = _ops.block_butterfly_multiply_backward(grad, twiddle, x, ctx.increasing_stride, mask)
-    return (dt if mask[0] else None, dx if mask[1] else None, None, None)
-
-
-torch.library.register_autograd("structops::block_butterfly_multiply", _block_backward, setup_context=_setup)
+torch.library.register_autograd(
+    "structops::butterfly_multiply", _make_backward(_ops.butterfly_multiply_backward), setup_context=_setup
+)
+torch.library.register_autograd(
+    "structops::block_butterfly_multiply", _make_backward(_ops.block_butterfly_multiply_backward), setup_context=_setup
+)
 
 
 def _no_double_backward(op: str):
