@@ -29,6 +29,10 @@ __all__ = [
     "butterfly_dense",
     "butterfly_stage_order",
     "block_butterfly_multiply",
+    "randlora_delta_weight",
+    "randlora_linear",
+    "vera_delta_weight",
+    "vera_linear",
 ]
 
 
@@ -219,3 +223,39 @@ def block_butterfly_multiply(twiddle: Tensor, x: Tensor, increasing_stride: bool
         z = torch.einsum("sekl,bsel->bsek", c0, z[:, :, j0]) + torch.einsum("sekl,bsel->bsek", c1, z[:, :, j1])
     out = full if output_size is None else output_size
     return z.reshape(x.shape[0], nstacks, full)[..., :out]
+
+
+# ---------------------------------------------------------------------------------------------
+# Random-basis family (RandLoRA, VeRA): peft 0.21.2's maths written out term by term
+# ---------------------------------------------------------------------------------------------
+def randlora_delta_weight(basis_A: Tensor, basis_B: Tensor, lam: Tensor, gamma: Tensor, scaling: float,
+                          in_features: int, out_features: int) -> Tensor:
+    """dW (out, in) of a RandLoRA layer as a sum over bases and ranks: with c = b*r + k the column
+    of basis_B (d_max, r*n) paired with Ahat's row k*n + b, dW_oriented = scaling *
+    sum_c basis_B[:, c] (x) (lam[kk, bb] * A[kk] * gamma[bb]) where (kk, bb) = divmod(c, n) — peft's
+    rank-major / basis-major pairing — and dW = dW_oriented if in == d_min else its transpose."""
+    r, n = lam.shape
+    d_min = min(in_features, out_features)
+    ahat = torch.stack([lam[c // n, c % n] * basis_A[c // n] * gamma[c % n] for c in range(r * n)])  # (R, d_min)
+    dw = scaling * torch.einsum("oc,cj->oj", basis_B, ahat)
+    return dw if in_features == d_min else dw.t()
+
+
+def randlora_linear(x: Tensor, weight: Tensor, bias, basis_A: Tensor, basis_B: Tensor, lam: Tensor, gamma: Tensor,
+                    scaling: float) -> Tensor:
+    """Pure-torch RandLoRA linear (differentiable, any order): x weight^T + bias + x dW^T."""
+    dw = randlora_delta_weight(basis_A, basis_B, lam, gamma, scaling, weight.shape[1], weight.shape[0])
+    y = x @ (weight + dw.to(weight.dtype)).t()
+    return y if bias is None else y + bias
+
+
+def vera_delta_weight(vera_A: Tensor, vera_B: Tensor, lambda_d: Tensor, lambda_b: Tensor) -> Tensor:
+    """VeRA dW (out, in) = diag(lambda_b) B diag(lambda_d) A."""
+    return torch.diag(lambda_b) @ vera_B @ torch.diag(lambda_d) @ vera_A
+
+
+def vera_linear(x: Tensor, weight: Tensor, bias, vera_A: Tensor, vera_B: Tensor, lambda_d: Tensor,
+                lambda_b: Tensor) -> Tensor:
+    """Pure-torch VeRA linear (differentiable, any order)."""
+    y = x @ (weight + vera_delta_weight(vera_A, vera_B, lambda_d, lambda_b).to(weight.dtype)).t()
+    return y if bias is None else y + bias

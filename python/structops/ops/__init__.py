@@ -3,6 +3,7 @@
 * ``monarch``: ``blockdiag_matmul``, ``monarch_matmul`` (block-diagonal / Monarch).
 * ``butterfly``: ``butterfly_multiply`` (torch_butterfly semantics), ``block_butterfly_multiply``
   (fly's block butterfly).
+* ``randbasis``: ``randlora_linear``, ``vera_linear`` (peft 0.21.2 RandLoRA / VeRA maths).
 
 Each family module defines the public functions, their fake (meta) kernels and autograd formulas
 for ``torch.ops.structops.*``; ``_checks`` holds the argument checks they share.
@@ -10,5 +11,7 @@ for ``torch.ops.structops.*``; ``_checks`` holds the argument checks they share.
 
 from .butterfly import block_butterfly_multiply, butterfly_multiply
 from .monarch import blockdiag_matmul, monarch_matmul
+from .randbasis import randlora_linear, vera_linear
 
-__all__ = ["blockdiag_matmul", "monarch_matmul", "butterfly_multiply", "block_butterfly_multiply"]
+__all__ = ["blockdiag_matmul", "monarch_matmul", "butterfly_multiply", "block_butterfly_multiply",
+           "randlora_linear", "vera_linear"]
