@@ -1,5 +1,6 @@
 // Strategy plan of the random-basis family (structops/randbasis.h): torch-free, shared by the CPU
 // and CUDA orchestrations in csrc/torch/randbasis_ops.cpp and unit-tested on the host.
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -23,6 +24,8 @@ RandBasisPlan choose(const RandBasisShape& s, const RandBasisCost& c, RandBasisS
     case RandBasisStrategy::Auto:
       p.forward = c.forward_merged < c.forward_factored ? RandBasisStrategy::Merged : RandBasisStrategy::Factored;
       p.backward = c.backward_merged < c.backward_factored ? RandBasisStrategy::Merged : RandBasisStrategy::Factored;
+      if (c.backward_mixed > 0 && c.backward_mixed < std::min(c.backward_merged, c.backward_factored))
+        p.backward = RandBasisStrategy::Mixed;
       break;
     case RandBasisStrategy::Factored:
     case RandBasisStrategy::Merged:
@@ -33,7 +36,9 @@ RandBasisPlan choose(const RandBasisShape& s, const RandBasisCost& c, RandBasisS
                                   std::to_string(static_cast<int>(requested)));
   }
   p.forward_macs = p.forward == RandBasisStrategy::Merged ? c.forward_merged : c.forward_factored;
-  p.backward_macs = p.backward == RandBasisStrategy::Merged ? c.backward_merged : c.backward_factored;
+  p.backward_macs = p.backward == RandBasisStrategy::Merged  ? c.backward_merged
+                    : p.backward == RandBasisStrategy::Mixed ? c.backward_mixed
+                                                             : c.backward_factored;
   p.panel_rows = randbasis_panel_rows(s.out, s.in, elem_bytes);
   return p;
 }
@@ -68,6 +73,14 @@ RandBasisCost randlora_cost(const RandBasisShape& s, const RandBasisGrads& g) {
   if (g.adapter || g.weight) bm += T * O * I;
   if (g.adapter) bm += O * I * R;
   c.backward_merged = bm;
+  // backward, mixed: grad_x from rebuilt panels, adapter grads factored (only meaningful when
+  // both are wanted)
+  if (g.x && g.adapter) {
+    double bx = O * R * I + T * O * I;
+    bx += s.basis_on_input ? T * O * R + T * R * I : T * I * R + T * O * R;
+    if (g.weight) bx += T * O * I;
+    c.backward_mixed = bx;
+  }
   return c;
 }
 

@@ -156,10 +156,16 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> randlora_backw
                     });
     if (need_adapter) dahat = s.basis_on_input ? dtrained : dtrained.t();
   } else {
+    const bool mixed = plan.backward == RandBasisStrategy::Mixed;
+    if (mixed) {  // grad_x from rebuilt W_eff panels; the adapter part below runs factored
+      grad_x = at::zeros({s.tokens, s.in}, x.options());
+      merged_backward(g, x, W0, L, Rm, scaling, plan.panel_rows, &grad_x, nullptr, false,
+                      [](int64_t, int64_t, const at::Tensor&) {});
+    }
     if (s.basis_on_input) {
       // L = Bbar frozen: u = g L (T, R); grad_x = g W0 + s u Rm; dAhat = s u^T x
-      const at::Tensor u = at::mm(g, L);
-      if (mask[0]) {
+      const at::Tensor u = need_adapter || !mixed ? at::mm(g, L) : at::Tensor();
+      if (mask[0] && !mixed) {
         grad_x = at::mm(g, W0);
         grad_x.addmm_(u, Rm, 1.0, scaling);
       }
@@ -170,7 +176,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> randlora_backw
         const at::Tensor h = at::mm(x, Rm.t());
         dahat = at::mm(h.t(), g).mul_(scaling);  // = dL^T (R, out)
       }
-      if (mask[0]) {
+      if (mask[0] && !mixed) {
         grad_x = at::mm(g, W0);
         grad_x.addmm_(at::mm(g, L), Rm, 1.0, scaling);
       }

@@ -30,7 +30,9 @@
 
 namespace structops {
 
-enum class RandBasisStrategy : int { Auto = 0, Factored = 1, Merged = 2 };
+// Mixed (backward only, chosen by Auto): grad_x from rebuilt W_eff panels, the trained vectors'
+// gradients through the factored (T, R) intermediates.
+enum class RandBasisStrategy : int { Auto = 0, Factored = 1, Merged = 2, Mixed = 3 };
 
 // One RandLoRA (or VeRA) call's shape.  For VeRA, `rank` = r and `basis_on_input` is unused.
 struct RandBasisShape {
@@ -52,7 +54,7 @@ struct RandBasisGrads {
 // GEMM it runs, nothing else; the O(R * d_min) elementwise work is not counted).
 struct RandBasisCost {
   double forward_factored = 0, forward_merged = 0;
-  double backward_factored = 0, backward_merged = 0;
+  double backward_factored = 0, backward_merged = 0, backward_mixed = 0;
 };
 
 struct RandBasisPlan {

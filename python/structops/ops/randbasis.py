@@ -36,7 +36,7 @@ __all__ = ["randlora_linear", "vera_linear", "randbasis_plan", "STRATEGIES"]
 _ops = torch.ops.structops
 
 STRATEGIES = {"auto": 0, "factored": 1, "merged": 2}
-_STRATEGY_NAMES = {1: "factored", 2: "merged"}
+_STRATEGY_NAMES = {1: "factored", 2: "merged", 3: "mixed"}
 
 
 def _strategy(op: str, strategy) -> int:
