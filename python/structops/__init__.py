@@ -16,7 +16,7 @@ autocast support.
 import torch  # noqa: F401  (must be imported first: _C links against libtorch/libc10)
 
 from . import _C  # noqa: F401  registers torch.ops.structops.*
-from . import butterfly, compat, nn, reference  # noqa: F401
+from . import butterfly, compat, nn, randbasis, reference  # noqa: F401
 from .ops import (block_butterfly_multiply, blockdiag_matmul, butterfly_multiply, monarch_matmul, randlora_linear,
                   vera_linear)
 from .projection import monarch_project
@@ -42,6 +42,7 @@ __all__ = [
     "build_info",
     "nn",
     "butterfly",
+    "randbasis",
     "compat",
     "reference",
 ]

@@ -2,5 +2,6 @@
 
 from .butterfly import Butterfly, ButterflyBmm, ButterflyUnitary
 from .linear import BlockdiagLinear, MonarchLinear
+from .randbasis import RandLoRALinear, VeRALinear
 
-__all__ = ["BlockdiagLinear", "MonarchLinear", "Butterfly", "ButterflyUnitary", "ButterflyBmm"]
+__all__ = ["BlockdiagLinear", "MonarchLinear", "Butterfly", "ButterflyUnitary", "ButterflyBmm", "RandLoRALinear", "VeRALinear"]

@@ -1,0 +1,239 @@
+"""RandLoRA and VeRA adapter layers around a frozen ``nn.Linear``, with peft 0.21.2's parameter
+and buffer names, init and maths (``structops.ops.randbasis``; finetune.md §2–3).
+
+``RandLoRALinear(base_linear, r, alpha=640, dropout=0.0, seed=0, sparse=False, very_sparse=False,
+strategy="auto", basis_A=None, basis_B=None, scaling_mode="peft")``:
+
+* parameters ``randlora_lambda`` (r, n) = 0 and ``randlora_gamma`` (n, d_min) = 1/d_min (peft's
+  ``reset_randlora_parameters``: dW = 0 at init), n = ceil(d_min / r), float32 master weights
+  (float64 for a float64 base);
+* buffers ``randlora_A`` (r, 1, D_min) and ``randlora_B`` (D_max, N, r) in the base's dtype (the
+  compute dtype), sliced per layer as peft does; by default this layer's own shape drawn with
+  peft's recipe from ``seed`` and shared with every layer built with the same arguments
+  (``structops.randbasis.shared_randlora_bases``); pass peft's model-level tensors to reproduce a
+  peft model whose layers have different shapes;
+* scaling alpha / r (peft), or alpha / r / sqrt(n) with ``scaling_mode="official"`` (the
+  RandLoRA repository's NLG code).
+
+``VeRALinear(base_linear, r=256, dropout=0.0, d_initial=0.1, seed=0, strategy="auto",
+vera_A=None, vera_B=None)``: parameters ``vera_lambda_b`` (out) = 0 and ``vera_lambda_d`` (r) =
+d_initial; buffers ``vera_A`` (r, IN) and ``vera_B`` (OUT, r); no scaling.
+
+Both freeze the base layer's parameters, keep it as ``base_layer`` and offer ``delta_weight()``,
+``merged_weight()`` (W0 + dW, base untouched), ``merge()`` / ``unmerge()`` (in place, idempotent
+errors) and ``forward(x)`` (x (..., in)).  With ``dropout > 0`` in training mode the adapter
+branch sees dropout(x) while the base sees x, as in peft; that path runs unfused (the scaled
+basis is then kept by autograd).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.randbasis import STRATEGIES, randlora_linear, vera_linear
+from ..randbasis.bases import shared_randlora_bases, shared_vera_bases
+
+__all__ = ["RandLoRALinear", "VeRALinear"]
+
+
+def _check_base(cls: str, base_linear) -> None:
+    if not isinstance(base_linear, nn.Linear):
+        raise ValueError(f"{cls}: base_linear must be a torch.nn.Linear, got {type(base_linear).__name__}")
+    if not base_linear.weight.is_floating_point():
+        raise ValueError(f"{cls}: base_linear.weight must be floating point, got {base_linear.weight.dtype}")
+
+
+def _check_pos_int(cls: str, name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
+        raise ValueError(f"{cls}: {name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def _check_dropout(cls: str, p) -> float:
+    if not isinstance(p, numbers.Real) or not 0.0 <= float(p) < 1.0:
+        raise ValueError(f"{cls}: dropout must be in [0, 1), got {p!r}")
+    return float(p)
+
+
+def _master_dtype(weight: Tensor) -> torch.dtype:
+    return torch.float64 if weight.dtype == torch.float64 else torch.float32
+
+
+class _AdapterBase(nn.Module):
+    """Merge bookkeeping shared by both layers (the delta formula is the subclass's)."""
+
+    def __init__(self, base_linear: nn.Linear, dropout: float, strategy: str):
+        super().__init__()
+        if strategy not in STRATEGIES:
+            raise ValueError(f"{type(self).__name__}: strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
+        self.base_layer = base_linear
+        for p in base_linear.parameters():
+            p.requires_grad_(False)
+        self.in_features = base_linear.in_features
+        self.out_features = base_linear.out_features
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.strategy = strategy
+        self.merged = False
+
+    def delta_weight(self) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def merged_weight(self) -> Tensor:
+        """W0 + dW in the base weight's dtype (dW evaluated in float32/float64); the layer is not changed."""
+        w = self.base_layer.weight
+        with torch.no_grad():
+            base = w.detach().to(_master_dtype(w))
+            if self.merged:
+                return w.detach().clone()
+            return (base + self.delta_weight()).to(w.dtype)
+
+    def merge(self) -> None:
+        """Adds dW into the base weight in place (forward then runs the plain base layer)."""
+        if self.merged:
+            raise RuntimeError(f"{type(self).__name__}.merge(): already merged; call unmerge() first")
+        w = self.base_layer.weight
+        new = self.merged_weight()
+        if not torch.isfinite(new).all():
+            raise RuntimeError(f"{type(self).__name__}.merge(): the merged weight is not finite; base weight left unchanged")
+        with torch.no_grad():
+            w.copy_(new)
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Subtracts dW again (exact up to the base dtype's rounding of W0 + dW)."""
+        if not self.merged:
+            raise RuntimeError(f"{type(self).__name__}.unmerge(): not merged")
+        w = self.base_layer.weight
+        with torch.no_grad():
+            w.copy_((w.detach().to(_master_dtype(w)) - self.delta_weight()).to(w.dtype))
+        self.merged = False
+
+    def _dropout_active(self) -> bool:
+        return self.training and isinstance(self.dropout, nn.Dropout)
+
+
+class RandLoRALinear(_AdapterBase):
+    def __init__(self, base_linear: nn.Linear, r: int, alpha: float = 640.0, dropout: float = 0.0, seed: int = 0,
+                 sparse: bool = False, very_sparse: bool = False, strategy: str = "auto", basis_A: Tensor | None = None,
+                 basis_B: Tensor | None = None, scaling_mode: str = "peft"):
+        cls = "RandLoRALinear"
+        _check_base(cls, base_linear)
+        r = _check_pos_int(cls, "r", r)
+        dropout = _check_dropout(cls, dropout)
+        if scaling_mode not in ("peft", "official"):
+            raise ValueError(f"{cls}: scaling_mode must be 'peft' (alpha / r) or 'official' (alpha / r / sqrt(n)), got {scaling_mode!r}")
+        w = base_linear.weight
+        in_f, out_f = base_linear.in_features, base_linear.out_features
+        d_min, d_max = min(in_f, out_f), max(in_f, out_f)
+        n = -(-d_min // r)
+        if (basis_A is None) != (basis_B is None):
+            raise ValueError(f"{cls}: pass both basis_A and basis_B or neither")
+        if basis_A is None:
+            basis_A, basis_B = shared_randlora_bases(out_f, in_f, r, seed, sparse, very_sparse, dtype=w.dtype, device=w.device)
+        else:
+            if basis_A.dim() != 3 or basis_A.shape[0] < r or basis_A.shape[2] < d_min:
+                raise ValueError(f"{cls}: basis_A must be (r', 1, D_min) with r' >= r = {r} and D_min >= {d_min}, got {tuple(basis_A.shape)}")
+            if basis_B.dim() != 3 or basis_B.shape[0] < d_max or basis_B.shape[1] < n or basis_B.shape[2] != r:
+                raise ValueError(f"{cls}: basis_B must be (D_max, N, r) with D_max >= {d_max}, N >= n = {n}, r = {r}, got {tuple(basis_B.shape)}")
+            if basis_A.shape[0] != r:
+                raise ValueError(f"{cls}: basis_A.shape[0] must equal r = {r} (peft shares A of the adapter's rank), got {basis_A.shape[0]}")
+            basis_A = basis_A.detach().to(device=w.device, dtype=w.dtype)
+            basis_B = basis_B.detach().to(device=w.device, dtype=w.dtype)
+        super().__init__(base_linear, dropout, strategy)
+        self.r, self.num_bases, self.alpha, self.scaling_mode = r, n, float(alpha), scaling_mode
+        self.scaling = float(alpha) / r / (math.sqrt(n) if scaling_mode == "official" else 1.0)
+        md = _master_dtype(w)
+        self.randlora_lambda = nn.Parameter(torch.zeros(r, n, dtype=md, device=w.device))
+        self.randlora_gamma = nn.Parameter(torch.full((n, d_min), 1.0 / max(n, d_min), dtype=md, device=w.device))
+        self.register_buffer("randlora_A", basis_A)
+        self.register_buffer("randlora_B", basis_B)
+
+    def _bases(self) -> tuple[Tensor, Tensor]:
+        d_min, d_max = min(self.in_features, self.out_features), max(self.in_features, self.out_features)
+        a = self.randlora_A[:, 0, :d_min]
+        b = self.randlora_B[:d_max, : self.num_bases, :].flatten(1)
+        return a, b
+
+    def delta_weight(self) -> Tensor:
+        """dW (out, in) in float32 (float64 for a float64 base), peft's formula."""
+        md = _master_dtype(self.base_layer.weight)
+        a, b = self._bases()
+        r, n = self.randlora_lambda.shape
+        ahat = (self.randlora_lambda.to(md).unsqueeze(2) * a.to(md).unsqueeze(1) * self.randlora_gamma.to(md).unsqueeze(0))
+        dw = self.scaling * (b.to(md) @ ahat.reshape(r * n, -1))
+        return dw if self.in_features <= self.out_features else dw.t()
+
+    def forward(self, x: Tensor) -> Tensor:
+        base = self.base_layer
+        if self.merged:
+            return base(x)
+        w = base.weight
+        xc = x.to(w.dtype)
+        a, b = self._bases()
+        if self._dropout_active():
+            dw = self.delta_weight().to(w.dtype)
+            return (base(xc) + F.linear(self.dropout(xc), dw)).to(x.dtype)
+        return randlora_linear(xc, w, base.bias, a, b, self.randlora_lambda, self.randlora_gamma, self.scaling,
+                               self.strategy).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, n={self.num_bases}, "
+                f"scaling={self.scaling:g}, strategy={self.strategy!r}, merged={self.merged}")
+
+
+class VeRALinear(_AdapterBase):
+    def __init__(self, base_linear: nn.Linear, r: int = 256, dropout: float = 0.0, d_initial: float = 0.1, seed: int = 0,
+                 strategy: str = "auto", vera_A: Tensor | None = None, vera_B: Tensor | None = None):
+        cls = "VeRALinear"
+        _check_base(cls, base_linear)
+        r = _check_pos_int(cls, "r", r)
+        dropout = _check_dropout(cls, dropout)
+        w = base_linear.weight
+        in_f, out_f = base_linear.in_features, base_linear.out_features
+        if (vera_A is None) != (vera_B is None):
+            raise ValueError(f"{cls}: pass both vera_A and vera_B or neither")
+        if vera_A is None:
+            vera_A, vera_B = shared_vera_bases(out_f, in_f, r, seed, dtype=w.dtype, device=w.device)
+        else:
+            if vera_A.dim() != 2 or vera_A.shape[0] < r or vera_A.shape[1] < in_f:
+                raise ValueError(f"{cls}: vera_A must be (r', IN) with r' >= r = {r}, IN >= {in_f}, got {tuple(vera_A.shape)}")
+            if vera_B.dim() != 2 or vera_B.shape[0] < out_f or vera_B.shape[1] < r:
+                raise ValueError(f"{cls}: vera_B must be (OUT, r') with OUT >= {out_f}, r' >= r = {r}, got {tuple(vera_B.shape)}")
+            vera_A = vera_A.detach().to(device=w.device, dtype=w.dtype)
+            vera_B = vera_B.detach().to(device=w.device, dtype=w.dtype)
+        super().__init__(base_linear, dropout, strategy)
+        self.r = r
+        md = _master_dtype(w)
+        self.vera_lambda_b = nn.Parameter(torch.zeros(out_f, dtype=md, device=w.device))
+        self.vera_lambda_d = nn.Parameter(torch.full((r,), float(d_initial), dtype=md, device=w.device))
+        self.register_buffer("vera_A", vera_A)
+        self.register_buffer("vera_B", vera_B)
+
+    def _bases(self) -> tuple[Tensor, Tensor]:
+        return self.vera_A[: self.r, : self.in_features], self.vera_B[: self.out_features, : self.r]
+
+    def delta_weight(self) -> Tensor:
+        md = _master_dtype(self.base_layer.weight)
+        a, b = self._bases()
+        return (self.vera_lambda_b.to(md).unsqueeze(1) * b.to(md)) @ (self.vera_lambda_d.to(md).unsqueeze(1) * a.to(md))
+
+    def forward(self, x: Tensor) -> Tensor:
+        base = self.base_layer
+        if self.merged:
+            return base(x)
+        w = base.weight
+        xc = x.to(w.dtype)
+        a, b = self._bases()
+        if self._dropout_active():
+            dw = self.delta_weight().to(w.dtype)
+            return (base(xc) + F.linear(self.dropout(xc), dw)).to(x.dtype)
+        return vera_linear(xc, w, base.bias, a, b, self.vera_lambda_d, self.vera_lambda_b, self.strategy).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
+                f"strategy={self.strategy!r}, merged={self.merged}")
