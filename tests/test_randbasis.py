@@ -69,6 +69,26 @@ def test_randlora_matches_reference(shape, strategy):
 
 
 @pytest.mark.parametrize("strategy", ["factored", "merged", "auto"])
+@pytest.mark.parametrize("shape", [(20, 12, 4), (9, 7, 9), (33, 10, 3)])
+def test_randlora_frozen_weight_saves_h_path(shape, strategy):
+    """in > out with a frozen base weight: the backward uses h = x Bbar instead of x."""
+    i, o, r = shape
+    x, w, b, A, B, lam, gam = randlora_args(i, o, r)
+    w.requires_grad_(False)
+    y = structops.randlora_linear(x, w, b, A, B, lam, gam, 1.3, strategy)
+    yr = reference.randlora_linear(x, w, b, A, B, lam, gam, 1.3)
+    assert rel(y, yr) < 1e-12
+    torch.manual_seed(2)
+    gs = _grads(y, (x, b, lam, gam))
+    torch.manual_seed(2)
+    gr = _grads(yr, (x, b, lam, gam))
+    for a, c in zip(gs, gr):
+        assert rel(a, c) < 1e-11
+    torch.autograd.gradcheck(lambda x_, l_, g_: structops.randlora_linear(x_, w, b, A, B, l_, g_, 1.3, strategy),
+                             (x, lam, gam))
+
+
+@pytest.mark.parametrize("strategy", ["factored", "merged", "auto"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_vera_matches_reference(shape, strategy):
     i, o, r = shape
@@ -129,10 +149,15 @@ def test_gradcheck(strategy):
 def test_opcheck():
     x, w, b, A, B, lam, gam = randlora_args(10, 7, 3, dtype=torch.float32)
     for s in (1, 2):
-        torch.library.opcheck(_ops.randlora_linear, (x, w, b, A, B, lam, gam, 2.0, s))
+        for save_h in (False, True):  # in = 10 > out = 7: h = x Bbar may replace x
+            torch.library.opcheck(_ops.randlora_linear, (x, w, b, A, B, lam, gam, 2.0, s, save_h))
         g = torch.randn(6, 7)
+        e = x.new_empty((0,))
         torch.library.opcheck(_ops.randlora_linear_backward,
-                              (g, x.detach(), w.detach(), A, B, lam.detach(), gam.detach(), 2.0, s, [True, True, True, True]))
+                              (g, x.detach(), e, w.detach(), A, B, lam.detach(), gam.detach(), 2.0, s, [True, True, True, True]))
+        h = x.detach() @ B
+        torch.library.opcheck(_ops.randlora_linear_backward,
+                              (g, x.detach(), h, w.detach(), A, B, lam.detach(), gam.detach(), 2.0, s, [True, False, True, True]))
     x, w, b, A, B, ld, lb = vera_args(10, 7, 3, dtype=torch.float32)
     for s in (1, 2):
         torch.library.opcheck(_ops.vera_linear, (x, w, b, A, B, ld, lb, s, True))
@@ -212,9 +237,15 @@ def test_strategy_switch_follows_cost_model():
     v = randbasis_plan("vera", 8192, 1024, 1024, 256)
     assert v["forward"] == "merged"
     with pytest.raises(ValueError, match="strategy"):
-        _ops.randbasis_plan("randlora", 8, 4, 4, 4, 7, [True, False, True], 4)
+        _ops.randbasis_plan("randlora", 8, 4, 4, 4, 7, [True, False, True, False], 4)
     with pytest.raises(ValueError, match="method"):
-        _ops.randbasis_plan("lora", 8, 4, 4, 4, 0, [True, False, True], 4)
+        _ops.randbasis_plan("lora", 8, 4, 4, 4, 0, [True, False, True, False], 4)
+    with pytest.raises(ValueError, match="from_h"):
+        _ops.randbasis_plan("randlora", 8, 4, 8, 4, 0, [True, False, True, True], 4)
+    # from_h (in > out, frozen weight): the backward needs no x-side product for lam/gamma
+    fh = randbasis_plan("randlora", 2048, 2816, 1024, 1024, "factored", from_h=True)
+    nh = randbasis_plan("randlora", 2048, 2816, 1024, 1024, "factored", from_h=False)
+    assert nh["backward_macs"] - fh["backward_macs"] == 2048 * 2816 * 1024
 
 
 def _saved(fn):
@@ -241,6 +272,14 @@ def test_randlora_saves_only_x_and_parameters(strategy):
         assert extra == [], f"unexpected saved tensors {extra}"
         assert not any(t.shape == x.shape and t.dtype != x.dtype for t in saved)  # no fp32 copy of x
         y.float().sum().backward()
+    # in > out, frozen base weight: h = x Bbar (tokens, r*n) replaces x
+    x, w, b, A, B, lam, gam = [None if t is None else t.detach().float() for t in randlora_args(80, 48, 8, T=16)]
+    x.requires_grad_()
+    lam.requires_grad_(), gam.requires_grad_()
+    y, saved = _saved(lambda: structops.randlora_linear(x, w, b, A, B, lam, gam, 2.0, strategy))
+    owned = {t.data_ptr() for t in (w, A, B, lam, gam)}
+    assert [tuple(t.shape) for t in saved if t.data_ptr() not in owned] == [(16, 48)]
+    y.sum().backward()
 
 
 def test_vera_saves_h_not_the_output():

@@ -51,7 +51,7 @@ RandBasisCost randlora_cost(const RandBasisShape& s, const RandBasisGrads& g) {
   RandBasisCost c;
   // forward: factored = x W0^T + h = x Rm^T + h L^T;  merged = build W_eff + x W_eff^T
   c.forward_factored = T * I * O + T * I * R + T * R * O;
-  c.forward_merged = O * R * I + T * O * I;
+  c.forward_merged = O * R * I + T * O * I + (g.from_h ? T * I * R : 0.0);  // + h for the backward
   // backward, factored
   double bf = 0;
   if (g.x) bf += T * O * I;                    // g W0
@@ -61,8 +61,9 @@ RandBasisCost randlora_cost(const RandBasisShape& s, const RandBasisGrads& g) {
     if (g.x) bf += T * R * I;
     if (g.adapter) bf += T * R * I;
   } else {
-    // L = Ahat^T trained, Rm = Bbar^T frozen: h = x Rm^T; dL = s g^T h; grad_x += s (g L) Rm
-    if (g.adapter) bf += T * I * R + T * O * R;
+    // L = Ahat^T trained, Rm = Bbar^T frozen: h = x Rm^T (saved: from_h); dL = s g^T h;
+    // grad_x += s (g L) Rm
+    if (g.adapter) bf += (g.from_h ? 0.0 : T * I * R) + T * O * R;
     if (g.x) bf += T * O * R + T * R * I;
   }
   if (g.weight) bf += T * O * I;               // g^T x
@@ -72,12 +73,14 @@ RandBasisCost randlora_cost(const RandBasisShape& s, const RandBasisGrads& g) {
   if (g.x) bm += O * R * I + T * O * I;
   if (g.adapter || g.weight) bm += T * O * I;
   if (g.adapter) bm += O * I * R;
+  if (g.from_h && g.adapter && !g.weight) bm -= O * I * R + T * O * I;  // G_p not needed: dL = s g^T h
+  if (g.from_h && g.adapter) bm += T * O * R;
   c.backward_merged = bm;
   // backward, mixed: grad_x from rebuilt panels, adapter grads factored (only meaningful when
   // both are wanted)
   if (g.x && g.adapter) {
     double bx = O * R * I + T * O * I;
-    bx += s.basis_on_input ? T * O * R + T * R * I : T * I * R + T * O * R;
+    bx += s.basis_on_input ? T * O * R + T * R * I : (g.from_h ? 0.0 : T * I * R) + T * O * R;
     if (g.weight) bx += T * O * I;
     c.backward_mixed = bx;
   }

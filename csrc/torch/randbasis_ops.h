@@ -98,47 +98,78 @@ inline at::Tensor empty_like_none(const at::Tensor& like) { return at::empty({0}
 // ---------------------------------------------------------------------------------------------
 // RandLoRA
 // ---------------------------------------------------------------------------------------------
-inline at::Tensor randlora_forward(const at::Tensor& x, const at::Tensor& W0, const c10::optional<at::Tensor>& bias,
-                                   const at::Tensor& A, const at::Tensor& B, const at::Tensor& lam,
-                                   const at::Tensor& gamma, double scaling, int64_t strategy) {
+inline std::tuple<at::Tensor, at::Tensor> randlora_forward(const at::Tensor& x, const at::Tensor& W0,
+                                                           const c10::optional<at::Tensor>& bias, const at::Tensor& A,
+                                                           const at::Tensor& B, const at::Tensor& lam,
+                                                           const at::Tensor& gamma, double scaling, int64_t strategy,
+                                                           bool save_h) {
   const char* op = "randlora_linear";
   const RandBasisShape s = check_randlora(op, x, W0, bias, A, B, lam, gamma);
+  TORCH_CHECK_VALUE(!save_h || !s.basis_on_input, op,
+                    ": save_h is only valid when in_features > out_features (h = x Bbar replaces x), got in = ", s.in,
+                    ", out = ", s.out);
   const RandBasisStrategy req = to_strategy(op, strategy);
+  RandBasisGrads want;
+  want.from_h = save_h;
   const RandBasisPlan plan = plan_or_throw(op, [&] {
-    return randlora_plan(s, RandBasisGrads{}, req, static_cast<int64_t>(x.element_size()));
+    return randlora_plan(s, want, req, static_cast<int64_t>(x.element_size()));
   });
   const at::Tensor ahat = scaled_basis(A, lam, gamma, x.scalar_type());
   const auto [L, Rm] = factors(s, ahat, B);
   if (plan.forward == RandBasisStrategy::Merged) {
     at::Tensor y = at::empty({s.tokens, s.out}, x.options());
     merged_forward(y, x, W0, bias, L, Rm, scaling, plan.panel_rows);
-    return y;
+    return {y, save_h ? at::mm(x, Rm.t()) : empty_like_none(x)};
   }
   at::Tensor y = bias.has_value() ? at::addmm(*bias, x, W0.t()) : at::mm(x, W0.t());
   const at::Tensor h = at::mm(x, Rm.t());  // (T, R)
   y.addmm_(h, L.t(), 1.0, scaling);
-  return y;
+  return {y, save_h ? h : empty_like_none(x)};
 }
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> randlora_backward(
-    const at::Tensor& g_in, const at::Tensor& x, const at::Tensor& W0, const at::Tensor& A, const at::Tensor& B,
-    const at::Tensor& lam, const at::Tensor& gamma, double scaling, int64_t strategy, std::array<bool, 4> mask) {
+    const at::Tensor& g_in, const at::Tensor& x, const at::Tensor& h_saved, const at::Tensor& W0, const at::Tensor& A,
+    const at::Tensor& B, const at::Tensor& lam, const at::Tensor& gamma, double scaling, int64_t strategy,
+    std::array<bool, 4> mask) {
   const char* op = "randlora_linear_backward";
   const RandBasisShape s = check_randlora(op, x, W0, c10::nullopt, A, B, lam, gamma);
+  const bool from_h = h_saved.numel() > 0 || (h_saved.dim() == 2 && s.tokens == 0);
+  if (from_h) {
+    TORCH_CHECK_VALUE(!s.basis_on_input, op, ": h replaces x only when in_features > out_features");
+    TORCH_CHECK_VALUE(h_saved.dim() == 2 && h_saved.size(0) == s.tokens && h_saved.size(1) == s.rank, op,
+                      ": h must have shape (", s.tokens, ", ", s.rank, "), got ", shape_str(h_saved));
+    TORCH_CHECK(h_saved.scalar_type() == x.scalar_type() && h_saved.device() == x.device(), op,
+                ": h must have x's device and dtype");
+  }
   TORCH_CHECK_VALUE(g_in.dim() == 2 && g_in.size(0) == s.tokens && g_in.size(1) == s.out, op,
                     ": grad must have shape (", s.tokens, ", ", s.out, "), got ", shape_str(g_in));
   TORCH_CHECK(g_in.scalar_type() == x.scalar_type() && g_in.device() == x.device(), op,
               ": grad must have x's device and dtype");
   const at::Tensor g = g_in;
   const bool need_adapter = mask[2] || mask[3];
-  const RandBasisGrads want{mask[0], mask[1], need_adapter};
+  RandBasisGrads want{mask[0], mask[1], need_adapter};
+  want.from_h = from_h;
   const RandBasisPlan plan = plan_or_throw(op, [&] {
     return randlora_plan(s, want, to_strategy(op, strategy), static_cast<int64_t>(x.element_size()));
   });
   const at::Tensor ahat = scaled_basis(A, lam, gamma, x.scalar_type());
   const auto [L, Rm] = factors(s, ahat, B);
   at::Tensor grad_x, grad_w, dahat;
-  if (plan.backward == RandBasisStrategy::Merged) {
+  if (from_h) {
+    // the basis is on the output side, W0 frozen: dL = s g^T h, i.e. dAhat = s h^T g (R, out)
+    if (mask[0]) {
+      if (plan.backward == RandBasisStrategy::Factored) {
+        grad_x = at::mm(g, W0);
+        grad_x.addmm_(at::mm(g, L), Rm, 1.0, scaling);
+      } else {
+        grad_x = at::zeros({s.tokens, s.in}, x.options());
+        merged_backward(g, x, W0, L, Rm, scaling, plan.panel_rows, &grad_x, nullptr, false,
+                        [](int64_t, int64_t, const at::Tensor&) {});
+      }
+    }
+    if (need_adapter) dahat = at::mm(h_saved.t(), g).mul_(scaling);
+    if (mask[1]) grad_w = at::mm(g.t(), x);  // x is saved too when the weight is trained
+  } else if (plan.backward == RandBasisStrategy::Merged) {
     if (mask[0]) grad_x = at::zeros({s.tokens, s.in}, x.options());
     if (mask[1]) grad_w = at::empty({s.out, s.in}, x.options());
     // trained factor: Rm = Ahat (R, in) accumulates L_p^T G_p; L = Ahat^T gets rows G_p Rm^T.
@@ -263,7 +294,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vera_backward(
 
 inline std::tuple<int64_t, int64_t, int64_t, double, double> plan_op(c10::string_view method, int64_t tokens, int64_t in,
                                                                       int64_t out, int64_t rank, int64_t strategy,
-                                                                      std::array<bool, 3> grads, int64_t elem_bytes) {
+                                                                      std::array<bool, 4> grads, int64_t elem_bytes) {
   const char* op = "randbasis_plan";
   RandBasisShape s;
   s.tokens = tokens;
@@ -271,8 +302,10 @@ inline std::tuple<int64_t, int64_t, int64_t, double, double> plan_op(c10::string
   s.out = out;
   s.rank = rank;
   s.basis_on_input = in <= out;
-  const RandBasisGrads g{grads[0], grads[1], grads[2]};
   const bool vera = method == "vera";
+  RandBasisGrads g{grads[0], grads[1], grads[2]};
+  g.from_h = grads[3];
+  TORCH_CHECK_VALUE(!g.from_h || (!vera && in > out), op, ": from_h applies to RandLoRA with in_features > out_features");
   TORCH_CHECK_VALUE(vera || method == "randlora", op, ": method must be 'randlora' or 'vera', got '", method, "'");
   const RandBasisPlan p = plan_or_throw(op, [&] {
     return vera ? vera_plan(s, g, to_strategy(op, strategy), elem_bytes)

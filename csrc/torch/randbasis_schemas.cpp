@@ -10,11 +10,14 @@
 TORCH_LIBRARY_FRAGMENT(structops, m) {
   // y = x weight^T + bias + scaling * x dW^T with RandLoRA's dW (peft 0.21.2 pairing and
   // orientation): basis_A (r, d_min), basis_B (d_max, r*n) (= peft's B[:d_max, :n, :].flatten(1)),
-  // lam (r, n), gamma (n, d_min).  strategy: 0 auto, 1 factored, 2 merged.
+  // lam (r, n), gamma (n, d_min).  strategy: 0 auto, 1 factored, 2 merged.  Returns (y, h):
+  // with save_h (only valid when in > out, i.e. the basis on the output side) h = x Bbar
+  // (tokens, r*n), which the backward uses instead of x; otherwise h is empty.
   m.def("randlora_linear(Tensor x, Tensor weight, Tensor? bias, Tensor basis_A, Tensor basis_B, Tensor lam, "
-        "Tensor gamma, float scaling, int strategy=0) -> Tensor");
-  // (grad_x, grad_weight, grad_lam, grad_gamma); unrequested entries are empty tensors.
-  m.def("randlora_linear_backward(Tensor grad, Tensor x, Tensor weight, Tensor basis_A, Tensor basis_B, "
+        "Tensor gamma, float scaling, int strategy=0, bool save_h=False) -> (Tensor, Tensor)");
+  // (grad_x, grad_weight, grad_lam, grad_gamma); unrequested entries are empty tensors.  A
+  // non-empty h (from the forward's save_h) replaces x for the lam/gamma gradients.
+  m.def("randlora_linear_backward(Tensor grad, Tensor x, Tensor h, Tensor weight, Tensor basis_A, Tensor basis_B, "
         "Tensor lam, Tensor gamma, float scaling, int strategy, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
   // VeRA: y = x weight^T + bias + lambda_b * ((lambda_d * (x A^T)) B^T) with A (r, in), B (out, r).
   // Returns (y, h = x A^T (tokens, r)); h is what the backward needs for both vector gradients
@@ -25,7 +28,8 @@ TORCH_LIBRARY_FRAGMENT(structops, m) {
   m.def("vera_linear_backward(Tensor grad, Tensor x, Tensor h, Tensor weight, Tensor vera_A, Tensor vera_B, "
         "Tensor lambda_d, Tensor lambda_b, int strategy, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
   // The cost model's plan for a call (for benchmarks and tests): (forward strategy, backward
-  // strategy, panel rows, forward MACs, backward MACs), strategies 1 factored / 2 merged.
+  // strategy, panel rows, forward MACs, backward MACs), strategies 1 factored / 2 merged / 3
+  // mixed; grads = (x, weight, adapter, from_h) as RandBasisGrads.
   m.def("randbasis_plan(str method, int tokens, int in_features, int out_features, int rank, int strategy, "
-        "bool[3] grads, int elem_bytes) -> (int, int, int, float, float)");
+        "bool[4] grads, int elem_bytes) -> (int, int, int, float, float)");
 }

@@ -48,6 +48,10 @@ struct RandBasisGrads {
   bool x = true;        // grad of the input
   bool weight = false;  // grad of the base weight W0 (frozen in PEFT; optional)
   bool adapter = true;  // grads of the trained vectors (lambda/gamma or lambda_b/lambda_d)
+  // RandLoRA with the basis on the output side (in > d_min): the forward saves h = x Bbar
+  // (T, R) instead of x (T, in) — smaller, and the adapter gradient s g^T h then needs no
+  // recomputation.  Only with a frozen base weight (grad_weight needs x).
+  bool from_h = false;
 };
 
 // Multiply-adds of each phase of each strategy (the minimal count of that association: every

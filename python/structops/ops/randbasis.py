@@ -14,7 +14,8 @@ Semantics are peft 0.21.2's (``../shared/reference/finetune.md`` §2–3; docs/A
 
 Gradients for x, weight (optional: frozen in PEFT), bias and the trained vectors; the bases are
 frozen (passing a basis that requires grad is an error).  What autograd keeps: RandLoRA saves only
-x in its own dtype (the scaled basis is rebuilt, never saved); VeRA saves h = x A^T (tokens, r),
+x in its own dtype (the scaled basis is rebuilt, never saved) — or, when in > out and the base
+weight is frozen, the smaller h = x Bbar (tokens, r*n) instead; VeRA saves h = x A^T (tokens, r),
 and x only when the base weight is trained.
 
 ``strategy``: ``"auto"`` (cost model per phase, structops/randbasis.h), ``"factored"`` or
@@ -109,7 +110,11 @@ def randlora_linear(
         raise ValueError(f"{op}: bias must have shape ({out_f},), got {shape_of(bias)}")
     s = _strategy(op, strategy)
     lead = x.shape[:-1]
-    y = _ops.randlora_linear(x.reshape(-1, in_f), weight, bias, basis_A, basis_B, lam, gamma, float(scaling), s)
+    # Basis on the output side (in > out): keep h = x Bbar (tokens, r*n) for backward instead of
+    # x (tokens, in) when it is smaller and no weight gradient needs x.
+    save_h = (in_f > out_f and r * n < in_f and torch.is_grad_enabled() and not weight.requires_grad
+              and (lam.requires_grad or gamma.requires_grad))
+    y, _ = _ops.randlora_linear(x.reshape(-1, in_f), weight, bias, basis_A, basis_B, lam, gamma, float(scaling), s, save_h)
     return y.reshape(*lead, out_f)
 
 
@@ -146,11 +151,16 @@ def vera_linear(
 
 
 def randbasis_plan(method: str, tokens: int, in_features: int, out_features: int, rank: int,
-                   strategy: str = "auto", grads=(True, False, True), elem_bytes: int = 4) -> dict:
+                   strategy: str = "auto", grads=(True, False, True), elem_bytes: int = 4, from_h=None) -> dict:
     """The cost model's choice for one call (``method`` "randlora" with rank = r*n, or "vera"
-    with rank = r): forward/backward strategy, panel rows and multiply-adds of each phase."""
+    with rank = r): forward/backward strategy, panel rows and multiply-adds of each phase.
+    ``grads`` = (x, weight, adapter); ``from_h`` (default: what ``randlora_linear`` does for a
+    frozen weight, i.e. in > out and r*n < in) = the backward uses the saved h = x Bbar."""
+    if from_h is None:
+        from_h = method == "randlora" and in_features > out_features and rank < in_features and not grads[1] and grads[2]
     f, b, rows, fm, bm = _ops.randbasis_plan(method, tokens, in_features, out_features, rank,
-                                              _strategy("randbasis_plan", strategy), list(grads), elem_bytes)
+                                              _strategy("randbasis_plan", strategy), list(grads) + [bool(from_h)],
+                                              elem_bytes)
     return {"forward": _STRATEGY_NAMES[f], "backward": _STRATEGY_NAMES[b], "panel_rows": rows,
             "forward_macs": fm, "backward_macs": bm}
 
@@ -159,13 +169,14 @@ def randbasis_plan(method: str, tokens: int, in_features: int, out_features: int
 # fake (meta) kernels
 # ----------------------------------------------------------------------------------------------
 @torch.library.register_fake("structops::randlora_linear")
-def _randlora_fake(x, weight, bias, basis_A, basis_B, lam, gamma, scaling, strategy=0):
+def _randlora_fake(x, weight, bias, basis_A, basis_B, lam, gamma, scaling, strategy=0, save_h=False):
     torch._check(x.dim() == 2 and weight.dim() == 2, lambda: "x and weight must be 2-D")
-    return x.new_empty((x.shape[0], weight.shape[0]))
+    h = x.new_empty((x.shape[0], basis_B.shape[1])) if save_h else x.new_empty((0,))
+    return x.new_empty((x.shape[0], weight.shape[0])), h
 
 
 @torch.library.register_fake("structops::randlora_linear_backward")
-def _randlora_backward_fake(grad, x, weight, basis_A, basis_B, lam, gamma, scaling, strategy, output_mask):
+def _randlora_backward_fake(grad, x, h, weight, basis_A, basis_B, lam, gamma, scaling, strategy, output_mask):
     e, ev = x.new_empty((0,)), lam.new_empty((0,))
     return (x.new_empty(x.shape) if output_mask[0] else e, x.new_empty(weight.shape) if output_mask[1] else e,
             lam.new_empty(lam.shape) if output_mask[2] else ev, lam.new_empty(gamma.shape) if output_mask[3] else ev)
@@ -195,24 +206,31 @@ def _zero_like(shape, like: Tensor) -> Tensor:
 
 
 def _randlora_setup(ctx, inputs, output):
-    x, weight, bias, basis_A, basis_B, lam, gamma, scaling, strategy = inputs
+    x, weight, bias, basis_A, basis_B, lam, gamma, scaling, strategy, save_h = inputs
     ctx.scaling, ctx.strategy, ctx.x_shape = scaling, strategy, x.shape
-    # x is read only for the weight-side gradients (lam, gamma, weight); never an fp32 copy
-    need_x = any(ctx.needs_input_grad[i] for i in (1, 5, 6))
-    ctx.save_for_backward(x if need_x else None, weight, basis_A, basis_B, lam, gamma)
+    _, h = output
+    # x is read only for the weight-side gradients (lam, gamma, weight), in its own dtype (never
+    # an fp32 copy); with save_h the smaller h = x Bbar replaces it
+    need_x = ctx.needs_input_grad[1] or (any(ctx.needs_input_grad[i] for i in (5, 6)) and not save_h)
+    ctx.save_for_backward(x if need_x else None, h if save_h else None, weight, basis_A, basis_B, lam, gamma)
+    ctx.set_materialize_grads(False)
 
 
-def _randlora_backward(ctx, grad):
-    x, weight, basis_A, basis_B, lam, gamma = ctx.saved_tensors
+def _randlora_backward(ctx, grad, _grad_h):
+    x, h, weight, basis_A, basis_B, lam, gamma = ctx.saved_tensors
+    if grad is None:
+        return (None,) * 10
     if x is None:
         x = _zero_like(ctx.x_shape, weight)
+    if h is None:
+        h = weight.new_empty((0,))
     ni = ctx.needs_input_grad
     mask = [bool(ni[0]), bool(ni[1]), bool(ni[5]), bool(ni[6])]
     dx, dw, dlam, dgamma = _ops.randlora_linear_backward(
-        grad, x, weight, basis_A, basis_B, lam, gamma, ctx.scaling, ctx.strategy, mask)
+        grad, x, h, weight, basis_A, basis_B, lam, gamma, ctx.scaling, ctx.strategy, mask)
     dbias = grad.sum(0) if ni[2] else None
     return (dx if mask[0] else None, dw if mask[1] else None, dbias, None, None,
-            dlam if mask[2] else None, dgamma if mask[3] else None, None, None)
+            dlam if mask[2] else None, dgamma if mask[3] else None, None, None, None)
 
 
 def _vera_setup(ctx, inputs, output):
