@@ -19,8 +19,11 @@ Ratios: ``x_peft`` = t(peft same method) / t(structops), ``x_lora`` = t(peft LoR
 A bf16-base pass (memory only, no timing: CPU bf16 GEMMs are not what users time) checks that no
 float32 copy of x is saved.
 
+On CUDA the peak memory of one forward+backward of each contender is recorded as well
+(``torch.cuda.max_memory_allocated`` above the inputs), the number the GPU target is stated in.
+
 Usage: python bench/bench_randbasis.py [--json out.json] [--quick] [--device cpu|cuda]
-       [--threads N] [--cases in:out:tokens,...]
+       [--dtype float32|bfloat16] [--threads N] [--cases in:out:tokens,...]
 """
 
 from __future__ import annotations
@@ -99,8 +102,18 @@ def _saved_bytes(fn, x, model):
     return extra, total
 
 
-def bench_case(in_f, out_f, tokens, device, min_runs, min_seconds):
-    dtype = torch.float32
+def _peak_bytes(fn, device):
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def bench_case(in_f, out_f, tokens, device, min_runs, min_seconds, dtype=torch.float32, memory_bf16=True):
     torch.manual_seed(1)
     x = torch.randn(tokens, in_f, device=device, dtype=dtype, requires_grad=True)
     g = torch.randn(tokens, out_f, device=device, dtype=dtype)
@@ -117,7 +130,9 @@ def bench_case(in_f, out_f, tokens, device, min_runs, min_seconds):
     plan_ve = randbasis_plan("vera", tokens, in_f, out_f, R_VERA)
     peft_rl_macs = tokens * R * (2 * in_f + 2 * out_f + d_min) + 2 * tokens * in_f * out_f
     dense_gfs = 6 * tokens * in_f * out_f / med["dense_linear"] / 1e9
-    res = {"in": in_f, "out": out_f, "tokens": tokens, "dtype": "float32", "ms": {k: v * 1e3 for k, v in med.items()},
+    res = {"in": in_f, "out": out_f, "tokens": tokens, "dtype": str(dtype).replace("torch.", ""),
+           "ms": {k: v * 1e3 for k, v in med.items()},
+           "peak_bytes": {k: _peak_bytes(f, device) for k, f in fns.items()},
            "times_ms": {k: [t * 1e3 for t in v] for k, v in times.items()},
            "plan_randlora": plan_rl, "plan_vera": plan_ve, "peft_randlora_min_macs": peft_rl_macs,
            "dense_gflops": dense_gfs}
@@ -132,10 +147,12 @@ def bench_case(in_f, out_f, tokens, device, min_runs, min_seconds):
     for name, m in models.items():
         saved[name] = _saved_bytes(lambda m=m: m(x), x, m)
     res["saved_bytes"] = {k: {"extra": e, "total": t} for k, (e, t) in saved.items()}
+    if not memory_bf16:
+        return res
     # bf16 base: memory only
     xb = x.detach().to(torch.bfloat16).requires_grad_()
     mb = {**_ours(in_f, out_f, torch.bfloat16, device), **_peft_models(in_f, out_f, torch.bfloat16, device)}
-    res["saved_bytes_bf16"] = {}
+    res["saved_bytes_bf16"] = {}  # filled below
     for name, m in mb.items():
         e, t = _saved_bytes(lambda m=m: m(xb), xb, m)
         res["saved_bytes_bf16"][name] = {"extra": e, "total": t}
@@ -147,6 +164,7 @@ def main():
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--quick", action="store_true", help="small cases, few repeats (smoke test)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of the timed run")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--cases", default=None, help="comma-separated in:out:tokens, e.g. 1024:2816:2048")
     args = ap.parse_args()
@@ -169,7 +187,7 @@ def main():
     min_runs, min_seconds = (2, 0.1) if args.quick else (5, 1.0)
     meta = run_meta(args.device, r_randlora=R_RANDLORA, r_vera=R_VERA, r_lora=R_LORA, peft=__import__("peft").__version__)
     print(f"# structops random-basis benchmark  {meta['date']}  commit {meta['commit']}")
-    print(f"# {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, peft {meta['peft']}; float32 fwd+bwd, "
+    print(f"# {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, peft {meta['peft']}; {args.dtype} fwd+bwd, "
           f"RandLoRA r={R_RANDLORA} (peft defaults), VeRA r={R_VERA}, LoRA r={R_LORA}")
     hdr = (f"{'in':>5} {'out':>5} {'T':>5} {'method':<9} {'ours ms':>8} {'peft ms':>8} {'LoRA ms':>8} {'dense ms':>8} "
            f"{'x_peft':>7} {'x_lora':>7} {'minGMAC':>8} {'GF/s':>6} {'vs_dns':>6} {'plan f/b':>16} "
@@ -179,19 +197,23 @@ def main():
     out = []
     mib = 1 / (1 << 20)
     for (i, o, t) in cases:
-        r = bench_case(i, o, t, args.device, min_runs, min_seconds)
+        dt = getattr(torch, args.dtype)
+        r = bench_case(i, o, t, args.device, min_runs, min_seconds, dt, memory_bf16=dt == torch.float32)
         out.append(r)
         for method in ("randlora", "vera"):
-            m, ms, sb, sbb = r[method], r["ms"], r["saved_bytes"], r["saved_bytes_bf16"]
+            m, ms, sb, sbb = r[method], r["ms"], r["saved_bytes"], r.get("saved_bytes_bf16", {})
             plan = r[f"plan_{method}"]
             so, sp = sb[f"structops_{method}"], sb[f"peft_{method}"]
-            bo, bp = sbb[f"structops_{method}"], sbb[f"peft_{method}"]
+            bo, bp = (sbb[f"structops_{method}"], sbb[f"peft_{method}"]) if sbb else ({"extra": 0}, {"extra": 0})
             print(f"{i:>5} {o:>5} {t:>5} {method:<9} {ms['structops_' + method]:>8.1f} {ms['peft_' + method]:>8.1f} "
                   f"{ms['peft_lora']:>8.1f} {ms['dense_linear']:>8.1f} {m['x_peft']:>6.2f}x {m['x_lora']:>6.2f}x "
                   f"{m['min_gmac']:>8.2f} {m['gflops']:>6.0f} {m['vs_dense_gflops']:>5.2f}x "
                   f"{plan['forward'] + '/' + plan['backward']:>16} "
                   f"{so['total'] * mib:>7.1f}/{sp['total'] * mib:<6.1f} ({so['extra'] * mib:>5.1f}/{sp['extra'] * mib:<5.1f}) "
                   f"{bo['extra'] * mib:>9.1f}/{bp['extra'] * mib:<9.1f}")
+        if args.device == "cuda":
+            pk = {k: v / (1 << 20) for k, v in r["peak_bytes"].items()}
+            print(f"{'':>18}peak MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in pk.items()))
         print(f"{'':>18}LoRA r32 saved {r['saved_bytes']['peft_lora']['total'] * mib:.1f} MiB "
               f"(extra {r['saved_bytes']['peft_lora']['extra'] * mib:.1f}); dense {r['dense_gflops']:.0f} GF/s")
     if args.json:

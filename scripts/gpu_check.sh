@@ -8,13 +8,16 @@
 #   build    one configure/build of the extension *and* the CUDA microbenchmark, for the GPU's
 #            own arch (dry: the archs of `make test`, reusing build/dev)  -> logs.tar.gz:build.log
 #   sass     HMMA/HGMMA/FFMA counts of the built kernels (check_sass.py)  -> sass.txt
-#   tests    pytest -m cuda -x tests/test_cuda.py tests/test_butterfly_cuda.py, 60 s per test
+#   tests    pytest -m cuda -x tests/test_cuda.py tests/test_butterfly_cuda.py tests/test_randbasis_cuda.py,
+#            60 s per test
 #            (no CPU suite)  -> pytest_cuda.log
 #   memcheck compute-sanitizer --tool memcheck on small Monarch (k != l, multi-tile) and butterfly
 #            (single- and multi-pass) cases  -> in summary
 #   bench    bf16 fwd+bwd: tokens 16384 n 4096 nblocks 4 and 64, tokens 65536 n 1024 nblocks 32;
 #            structops (each engine) vs dense cuBLAS vs the bmm reference; butterfly batch 64/2048,
-#            n 1024/4096, fp32/bf16/complex64 vs the torch path and dense  -> bench_cuda.json/.log
+#            n 1024/4096, fp32/bf16/complex64 vs the torch path and dense; RandLoRA / VeRA bf16
+#            4096x4096 and 4096x14336 at 16k tokens vs peft (if its wheels were carried: see
+#            scripts/fetch_gpu_wheels.sh) incl. peak memory  -> bench_cuda.json/.log
 #   bench-c  the C++ CUDA microbenchmark (CUTLASS engine, no torch)  -> logs.tar.gz
 # At most 8 files are left in OUTDIR: summary.txt env.txt sass.txt pytest_cuda.log
 # bench_cuda.log bench_cuda.json memcheck.log logs.tar.gz (everything else is tarred).
@@ -108,7 +111,7 @@ fi
 
 # ---- tests --------------------------------------------------------------------------------
 export PYTHONUNBUFFERED=1
-STRUCTOPS_TEST_TIMEOUT=60 timeout 300 $PY -m pytest -q -x -m cuda tests/test_cuda.py tests/test_butterfly_cuda.py -p no:cacheprovider \
+STRUCTOPS_TEST_TIMEOUT=60 timeout 300 $PY -m pytest -q -x -m cuda tests/test_cuda.py tests/test_butterfly_cuda.py tests/test_randbasis_cuda.py -p no:cacheprovider \
   > "$out/pytest_cuda.log" 2>&1
 log "cuda tests (exit $?): $(tail -1 "$out/pytest_cuda.log")"
 
@@ -131,9 +134,13 @@ if [ "$have_gpu" = 1 ]; then
     --cases 64:1024:float32:1,64:1024:bfloat16:1,2048:1024:float32:1,2048:4096:bfloat16:1,2048:1024:complex64:1 \
     --json "$out/bench_butterfly_cuda.json" >> "$out/bench_cuda.log" 2>&1
   log "python butterfly bench (exit $?)"
-  # one JSON file for both families (at most 8 files come back)
-  $PY -c "import json,sys; m=json.load(open(sys.argv[1])) if __import__('os').path.exists(sys.argv[1]) else {}; b=json.load(open(sys.argv[2])); json.dump({'monarch': m, 'butterfly': b}, open(sys.argv[1], 'w'), indent=1)" \
-    "$out/bench_cuda.json" "$out/bench_butterfly_cuda.json" && rm -f "$out/bench_butterfly_cuda.json"
+  timeout 150 $PY bench/bench_randbasis.py --device cuda --dtype bfloat16 --cases 4096:4096:16384,4096:14336:16384 \
+    --json "$out/bench_randbasis_cuda.json" >> "$out/bench_cuda.log" 2>&1
+  log "python randbasis bench (exit $?)"
+  # one JSON file for every family (at most 8 files come back)
+  $PY -c "import json,os,sys; ld=lambda p: json.load(open(p)) if os.path.exists(p) else {}; json.dump({'monarch': ld(sys.argv[1]), 'butterfly': ld(sys.argv[2]), 'randbasis': ld(sys.argv[3])}, open(sys.argv[1], 'w'), indent=1)" \
+    "$out/bench_cuda.json" "$out/bench_butterfly_cuda.json" "$out/bench_randbasis_cuda.json" \
+    && rm -f "$out/bench_butterfly_cuda.json" "$out/bench_randbasis_cuda.json"
   grep -E "structops\[|vs dense" "$out/bench_cuda.log" | tee -a "$out/summary.txt" >/dev/null
 else
   echo "no GPU: the benchmark needs one" > "$out/bench_cuda.log"

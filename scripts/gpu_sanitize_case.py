@@ -47,6 +47,24 @@ def main() -> int:
         err = ((y.to(wide) - ref).norm() / ref.norm()).item()
         worst = max(worst, err)
         print(f"butterfly n={n} {str(dtype):15s} rel err {err:.2e}  grads finite {all(torch.isfinite(g).all().item() for g in grads)}")
+    # RandLoRA / VeRA (both strategies, both orientations; bf16 compute, fp32 vectors)
+    for (i, o, r) in [(96, 160, 8), (160, 96, 8)]:
+        d_min, d_max = min(i, o), max(i, o)
+        n = -(-d_min // r)
+        x = torch.randn(37, i, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        w = torch.randn(o, i, device="cuda", dtype=torch.bfloat16) / i**0.5
+        A = torch.randn(r, d_min, device="cuda", dtype=torch.bfloat16)
+        B = torch.randn(d_max, r * n, device="cuda", dtype=torch.bfloat16)
+        lam = torch.randn(r, n, device="cuda", requires_grad=True)
+        gam = (torch.randn(n, d_min, device="cuda") / d_min).requires_grad_()
+        for s in ("factored", "merged"):
+            y = structops.randlora_linear(x, w, None, A, B, lam, gam, 2.0, s)
+            grads = torch.autograd.grad(y.float().square().sum(), (x, lam, gam))
+            ref = reference.randlora_linear(x.detach().double(), w.double(), None, A.double(), B.double(),
+                                            lam.detach().double(), gam.detach().double(), 2.0)
+            err = ((y.double() - ref).norm() / ref.norm()).item()
+            worst = max(worst, err)
+            print(f"randlora {i}x{o} {s:8s} rel err {err:.2e}  grads finite {all(torch.isfinite(g).all().item() for g in grads)}")
     torch.cuda.synchronize()
     return 0 if worst < 3e-2 else 1
 
