@@ -549,3 +549,131 @@ def test_save_pretrained_dedupes_bases_and_stock_peft_loads_it(tmp_path):
         loaded.base_model.model.up.base_layer.load_state_dict(m.base_model.model.up.base_layer.state_dict())
         loaded.base_model.model.down.base_layer.load_state_dict(m.base_model.model.down.base_layer.state_dict())
         assert (loaded(x) - m(x)).abs().max().item() == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# quantized (bitsandbytes) base layers — bitsandbytes 0.50 runs 8-bit and 4-bit on the CPU
+# ---------------------------------------------------------------------------------------------
+def _bnb():
+    return pytest.importorskip("bitsandbytes", reason="bitsandbytes==0.50.2 is a test dependency")
+
+
+def _quantized(kind, i, o, seed=0):
+    bnb = _bnb()
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(i, o)
+    q = (bnb.nn.Linear8bitLt(i, o, has_fp16_weights=False, threshold=0.0) if kind == "8bit"
+         else bnb.nn.Linear4bit(i, o, compute_dtype=torch.float32))
+    q.load_state_dict(lin.state_dict())
+    return q.to("cpu"), lin
+
+
+@pytest.mark.parametrize("kind", ["8bit", "4bit"])
+@pytest.mark.parametrize("cls", ["randlora", "vera"])
+@pytest.mark.parametrize("io", [(64, 96), (96, 64)])
+def test_layer_over_quantized_base_forward_and_merge(kind, cls, io):
+    from structops.randbasis import dequantized_weight
+
+    i, o = io
+    q, _lin = _quantized(kind, i, o)
+    layer = RandLoRALinear(q, r=8, alpha=16) if cls == "randlora" else VeRALinear(q, r=16)
+    for n_, p in layer.named_parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.3)
+    x = torch.randn(11, i)
+    w_deq = dequantized_weight(q)
+    dw = layer.delta_weight()
+    y = layer(x)
+    # forward = the quantized base's own product + the adapter branch
+    assert rel(y, q(x) + x @ dw.t()) < 1e-5
+    y.square().sum().backward()  # gradients flow to the vectors through the adapter-only op
+    assert all(p.grad is not None for p in layer.parameters() if p.requires_grad)
+    assert rel(layer.merged_weight(), w_deq + dw) < 1e-6
+    layer.merge()
+    merged = dequantized_weight(q)
+    # merge = dequantize, add dW, requantize with the layer's own settings: exactly what a fresh
+    # quantization of W_deq + dW gives
+    fresh, _ = _quantized(kind, i, o)
+    bnb = _bnb()
+    target = (w_deq + dw).detach()
+    if kind == "8bit":
+        fresh.weight = bnb.nn.Int8Params(target.clone(), requires_grad=False, has_fp16_weights=False).to("cpu")
+        fresh.state.reset_grads()
+    else:
+        fresh.weight = bnb.nn.Params4bit(target.clone(), requires_grad=False, quant_type=q.weight.quant_type,
+                                         blocksize=q.weight.blocksize).to("cpu")
+    assert torch.equal(merged, dequantized_weight(fresh))
+    assert rel(merged, target) < 0.6  # one rounding of W + dW (fp4 / int8)
+    assert layer.merged and rel(layer(x), q(x)) == 0
+    layer.unmerge()
+    assert not layer.merged
+
+
+def test_peft_bnb_merge_is_wrong_and_ours_is_right():
+    """peft 0.21.2's bnb RandLoRA merge uses update_B @ update_A: a wrong matrix on square layers,
+    a shape error otherwise.  structops.compat.peft.merge_and_unload merges the layer formula."""
+    _bnb()
+    from structops.randbasis import dequantized_weight
+
+    for (i, o) in ((64, 64), (64, 96)):
+        models = []
+        for _ in range(2):
+            q, _lin = _quantized("8bit", i, o, seed=4)
+
+            class M(torch.nn.Module):
+                def __init__(self, lin):
+                    super().__init__()
+                    self.lin = lin
+
+                def forward(self, x):
+                    return self.lin(x)
+
+            m = M(q)
+            m.is_loaded_in_8bit = True  # what transformers sets: peft then builds its bnb layer
+            torch.manual_seed(5)
+            pm = peft.get_peft_model(m, peft.RandLoraConfig(r=8, target_modules=["lin"]))
+            assert type(pm.base_model.model.lin).__module__ == "peft.tuners.randlora.bnb"
+            for p in pm.parameters():
+                if p.requires_grad:
+                    p.data.normal_(0, 0.05)
+            models.append(pm)
+        stock, ours = models
+        x = torch.randn(7, i)
+        y = stock(x)
+        assert rel(ours(x), y) < 1e-6
+        w_before = dequantized_weight(ours.base_model.model.lin.get_base_layer())
+        unloaded = structops.compat.peft.merge_and_unload(ours)
+        err_ours = rel(unloaded(x), y)
+        assert err_ours < 2e-2, err_ours
+        assert dequantized_weight(unloaded.lin).shape == w_before.shape
+        if i == o:
+            err_peft = rel(stock.merge_and_unload()(x), y)
+            assert err_peft > 0.5 and err_peft > 20 * err_ours
+        else:
+            with pytest.raises(RuntimeError):
+                stock.merge_and_unload()
+
+
+def test_accelerate_over_bnb_base_matches_peft():
+    _bnb()
+    q, _ = _quantized("4bit", 64, 96, seed=2)
+
+    class M(torch.nn.Module):
+        def __init__(self, lin):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, x):
+            return self.lin(x)
+
+    m = M(q)
+    m.is_loaded_in_4bit = True
+    torch.manual_seed(1)
+    pm = peft.get_peft_model(m, peft.RandLoraConfig(r=8, target_modules=["lin"]))
+    for p in pm.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    x = torch.randn(9, 64)
+    y = pm(x)
+    structops.compat.peft.accelerate(pm)
+    assert rel(pm(x), y) < 1e-5

@@ -21,16 +21,21 @@ inline RandBasisStrategy to_strategy(const char* op, int64_t s) {
   return static_cast<RandBasisStrategy>(s);
 }
 
-inline void check_compute_tensors(const char* op, const at::Tensor& x, const at::Tensor& weight,
-                                  std::initializer_list<std::pair<const char*, const at::Tensor*>> others) {
+// `out` is the out_features the bases imply; the weight (absent for a quantized base layer,
+// whose own product runs outside the op) must agree.
+inline void check_compute_tensors(const char* op, const at::Tensor& x, const c10::optional<at::Tensor>& weight_opt,
+                                  int64_t out, std::initializer_list<std::pair<const char*, const at::Tensor*>> others) {
   TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D (tokens, in_features), got shape ", shape_str(x));
-  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D (out_features, in_features), got shape ", shape_str(weight));
-  TORCH_CHECK_VALUE(weight.size(1) == x.size(1), op, ": weight.shape[1] (in_features) must equal x.shape[1] = ", x.size(1),
-                    ", got weight of shape ", shape_str(weight));
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": expected a floating-point x, got ", x.scalar_type());
-  TORCH_CHECK(weight.device() == x.device() && weight.scalar_type() == x.scalar_type(), op,
-              ": weight must be on x's device with x's dtype (", x.device(), ", ", x.scalar_type(), "), got ",
-              weight.device(), ", ", weight.scalar_type());
+  if (weight_opt.has_value()) {
+    const at::Tensor& weight = *weight_opt;
+    TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(0) == out && weight.size(1) == x.size(1), op,
+                      ": weight must have shape (out_features, in_features) = (", out, ", ", x.size(1), "), got ",
+                      shape_str(weight));
+    TORCH_CHECK(weight.device() == x.device() && weight.scalar_type() == x.scalar_type(), op,
+                ": weight must be on x's device with x's dtype (", x.device(), ", ", x.scalar_type(), "), got ",
+                weight.device(), ", ", weight.scalar_type());
+  }
   for (const auto& [name, t] : others) {
     TORCH_CHECK(t->device() == x.device(), op, ": ", name, " must be on ", x.device(), ", got ", t->device());
     TORCH_CHECK(t->scalar_type() == x.scalar_type(), op, ": ", name, " must have the compute dtype ", x.scalar_type(),
@@ -49,11 +54,23 @@ inline void check_vectors(const char* op, const at::Tensor& x, const char* n1, c
 }
 
 // RandLoRA: validates and returns the shape (rank = R = r*n).
-inline RandBasisShape check_randlora(const char* op, const at::Tensor& x, const at::Tensor& weight,
+inline RandBasisShape check_randlora(const char* op, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                      const c10::optional<at::Tensor>& bias, const at::Tensor& A, const at::Tensor& B,
                                      const at::Tensor& lam, const at::Tensor& gamma) {
-  check_compute_tensors(op, x, weight, {{"basis_A", &A}, {"basis_B", &B}});
-  const int64_t in = x.size(1), out = weight.size(0);
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D (tokens, in_features), got shape ", shape_str(x));
+  TORCH_CHECK_VALUE(A.dim() == 2 && B.dim() == 2, op, ": basis_A must be 2-D (r, d_min) and basis_B 2-D (d_max, r*n), got ",
+                    shape_str(A), " and ", shape_str(B));
+  const int64_t in = x.size(1);
+  int64_t out;
+  if (weight.has_value() && weight->dim() == 2) {
+    out = weight->size(0);
+  } else {
+    // without a weight the bases imply out: the other one of (d_min, d_max)
+    TORCH_CHECK_VALUE(in == A.size(1) || in == B.size(0), op, ": in_features = x.shape[1] = ", in,
+                      " must equal d_min = basis_A.shape[1] = ", A.size(1), " or d_max = basis_B.shape[0] = ", B.size(0));
+    out = in == A.size(1) ? B.size(0) : A.size(1);
+  }
+  check_compute_tensors(op, x, weight, out, {{"basis_A", &A}, {"basis_B", &B}});
   const int64_t d_min = std::min(in, out), d_max = std::max(in, out);
   if (bias.has_value()) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == out, op, ": bias must have shape (", out, ",), got ",
@@ -83,11 +100,13 @@ inline RandBasisShape check_randlora(const char* op, const at::Tensor& x, const 
 }
 
 // VeRA: validates and returns the shape (rank = r).
-inline RandBasisShape check_vera(const char* op, const at::Tensor& x, const at::Tensor& weight,
+inline RandBasisShape check_vera(const char* op, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                  const c10::optional<at::Tensor>& bias, const at::Tensor& A, const at::Tensor& B,
                                  const at::Tensor& lambda_d, const at::Tensor& lambda_b) {
-  check_compute_tensors(op, x, weight, {{"vera_A", &A}, {"vera_B", &B}});
-  const int64_t in = x.size(1), out = weight.size(0);
+  TORCH_CHECK_VALUE(B.dim() == 2, op, ": vera_B must be 2-D (out, r), got ", shape_str(B));
+  const int64_t out = weight.has_value() && weight->dim() == 2 ? weight->size(0) : B.size(0);
+  check_compute_tensors(op, x, weight, out, {{"vera_A", &A}, {"vera_B", &B}});
+  const int64_t in = x.size(1);
   if (bias.has_value()) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == out, op, ": bias must have shape (", out, ",), got ",
                       shape_str(*bias));

@@ -48,16 +48,43 @@ inline std::pair<at::Tensor, at::Tensor> factors(const RandBasisShape& s, const 
   return {ahat.t(), B.t()};
 }
 
+// The base weight is optional: without it (a quantized base layer computes its own product
+// outside the op) the op is the adapter branch alone, y = bias + x dW^T.
+using OptTensor = c10::optional<at::Tensor>;
+
+// wp = W0[p0:p0+pw] + alpha * L[p0:p0+pw] Rm (no W0: alpha * L_p Rm).
+inline void build_panel(at::Tensor& wp, const OptTensor& W0, int64_t p0, int64_t pw, const at::Tensor& L,
+                        const at::Tensor& Rm, double alpha) {
+  if (W0.has_value()) {
+    at::addmm_out(wp, W0->narrow(0, p0, pw), L.narrow(0, p0, pw), Rm, 1.0, alpha);
+  } else {
+    at::mm_out(wp, L.narrow(0, p0, pw), Rm);
+    if (alpha != 1.0) wp.mul_(alpha);
+  }
+}
+
+// x W0^T + bias (T, out); zeros / broadcast bias without W0.
+inline at::Tensor base_forward(const at::Tensor& x, const OptTensor& W0, const OptTensor& bias, int64_t out) {
+  if (W0.has_value()) return bias.has_value() ? at::addmm(*bias, x, W0->t()) : at::mm(x, W0->t());
+  if (bias.has_value()) return bias->unsqueeze(0).expand({x.size(0), out}).contiguous();
+  return at::zeros({x.size(0), out}, x.options());
+}
+
+// g W0 (T, in); zeros without W0.
+inline at::Tensor base_grad_x(const at::Tensor& g, const OptTensor& W0, int64_t in) {
+  return W0.has_value() ? at::mm(g, *W0) : at::zeros({g.size(0), in}, g.options());
+}
+
 // y[:, p] = x W_p^T (+ bias[p]) with W_p = W0[p] + alpha * L[p] Rm for each panel p of output
 // rows; `buf` holds one panel.
-inline void merged_forward(at::Tensor& y, const at::Tensor& x, const at::Tensor& W0, const c10::optional<at::Tensor>& bias,
+inline void merged_forward(at::Tensor& y, const at::Tensor& x, const OptTensor& W0, const OptTensor& bias,
                            const at::Tensor& L, const at::Tensor& Rm, double alpha, int64_t panel) {
-  const int64_t out = W0.size(0), in = W0.size(1);
+  const int64_t out = y.size(1), in = x.size(1);
   at::Tensor buf = at::empty({std::min(panel, out), in}, x.options());
   for (int64_t p0 = 0; p0 < out; p0 += panel) {
     const int64_t pw = std::min(panel, out - p0);
     at::Tensor wp = buf.narrow(0, 0, pw);
-    at::addmm_out(wp, W0.narrow(0, p0, pw), L.narrow(0, p0, pw), Rm, 1.0, alpha);
+    build_panel(wp, W0, p0, pw, L, Rm, alpha);
     at::Tensor yp = y.narrow(1, p0, pw);
     if (bias.has_value())
       at::addmm_out(yp, bias->narrow(0, p0, pw), x, wp.t());
@@ -70,10 +97,10 @@ inline void merged_forward(at::Tensor& y, const at::Tensor& x, const at::Tensor&
 // g_p^T x (written into grad_weight when requested), and the projection of G_p onto the trained
 // factor: `project(p0, pw, G_p)`.
 template <class Project>
-void merged_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& W0, const at::Tensor& L,
+void merged_backward(const at::Tensor& g, const at::Tensor& x, const OptTensor& W0, const at::Tensor& L,
                      const at::Tensor& Rm, double alpha, int64_t panel, at::Tensor* grad_x, at::Tensor* grad_w,
                      bool need_g_panels, Project&& project) {
-  const int64_t out = W0.size(0), in = W0.size(1);
+  const int64_t out = g.size(1), in = x.size(1);
   const int64_t pmax = std::min(panel, out);
   at::Tensor wbuf = grad_x ? at::empty({pmax, in}, x.options()) : at::Tensor();
   at::Tensor gbuf = (need_g_panels && !grad_w) ? at::empty({pmax, in}, x.options()) : at::Tensor();
@@ -82,7 +109,7 @@ void merged_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
     const at::Tensor gp = g.narrow(1, p0, pw);  // (T, pw), strided
     if (grad_x) {
       at::Tensor wp = wbuf.narrow(0, 0, pw);
-      at::addmm_out(wp, W0.narrow(0, p0, pw), L.narrow(0, p0, pw), Rm, 1.0, alpha);
+      build_panel(wp, W0, p0, pw, L, Rm, alpha);
       grad_x->addmm_(gp, wp);
     }
     if (need_g_panels || grad_w) {
@@ -98,7 +125,7 @@ inline at::Tensor empty_like_none(const at::Tensor& like) { return at::empty({0}
 // ---------------------------------------------------------------------------------------------
 // RandLoRA
 // ---------------------------------------------------------------------------------------------
-inline std::tuple<at::Tensor, at::Tensor> randlora_forward(const at::Tensor& x, const at::Tensor& W0,
+inline std::tuple<at::Tensor, at::Tensor> randlora_forward(const at::Tensor& x, const OptTensor& W0,
                                                            const c10::optional<at::Tensor>& bias, const at::Tensor& A,
                                                            const at::Tensor& B, const at::Tensor& lam,
                                                            const at::Tensor& gamma, double scaling, int64_t strategy,
@@ -121,18 +148,19 @@ inline std::tuple<at::Tensor, at::Tensor> randlora_forward(const at::Tensor& x, 
     merged_forward(y, x, W0, bias, L, Rm, scaling, plan.panel_rows);
     return {y, save_h ? at::mm(x, Rm.t()) : empty_like_none(x)};
   }
-  at::Tensor y = bias.has_value() ? at::addmm(*bias, x, W0.t()) : at::mm(x, W0.t());
+  at::Tensor y = base_forward(x, W0, bias, s.out);
   const at::Tensor h = at::mm(x, Rm.t());  // (T, R)
   y.addmm_(h, L.t(), 1.0, scaling);
   return {y, save_h ? h : empty_like_none(x)};
 }
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> randlora_backward(
-    const at::Tensor& g_in, const at::Tensor& x, const at::Tensor& h_saved, const at::Tensor& W0, const at::Tensor& A,
+    const at::Tensor& g_in, const at::Tensor& x, const at::Tensor& h_saved, const OptTensor& W0, const at::Tensor& A,
     const at::Tensor& B, const at::Tensor& lam, const at::Tensor& gamma, double scaling, int64_t strategy,
     std::array<bool, 4> mask) {
   const char* op = "randlora_linear_backward";
   const RandBasisShape s = check_randlora(op, x, W0, c10::nullopt, A, B, lam, gamma);
+  TORCH_CHECK_VALUE(!mask[1] || W0.has_value(), op, ": a weight gradient was requested without a weight");
   const bool from_h = h_saved.numel() > 0 || (h_saved.dim() == 2 && s.tokens == 0);
   if (from_h) {
     TORCH_CHECK_VALUE(!s.basis_on_input, op, ": h replaces x only when in_features > out_features");
@@ -159,7 +187,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> randlora_backw
     // the basis is on the output side, W0 frozen: dL = s g^T h, i.e. dAhat = s h^T g (R, out)
     if (mask[0]) {
       if (plan.backward == RandBasisStrategy::Factored) {
-        grad_x = at::mm(g, W0);
+        grad_x = base_grad_x(g, W0, s.in);
         grad_x.addmm_(at::mm(g, L), Rm, 1.0, scaling);
       } else {
         grad_x = at::zeros({s.tokens, s.in}, x.options());
@@ -197,7 +225,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> randlora_backw
       // L = Bbar frozen: u = g L (T, R); grad_x = g W0 + s u Rm; dAhat = s u^T x
       const at::Tensor u = need_adapter || !mixed ? at::mm(g, L) : at::Tensor();
       if (mask[0] && !mixed) {
-        grad_x = at::mm(g, W0);
+        grad_x = base_grad_x(g, W0, s.in);
         grad_x.addmm_(u, Rm, 1.0, scaling);
       }
       if (need_adapter) dahat = at::mm(u.t(), x).mul_(scaling);
@@ -208,7 +236,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> randlora_backw
         dahat = at::mm(h.t(), g).mul_(scaling);  // = dL^T (R, out)
       }
       if (mask[0] && !mixed) {
-        grad_x = at::mm(g, W0);
+        grad_x = base_grad_x(g, W0, s.in);
         grad_x.addmm_(at::mm(g, L), Rm, 1.0, scaling);
       }
     }
@@ -230,7 +258,7 @@ inline std::pair<at::Tensor, at::Tensor> vera_scaled(const at::Tensor& A, const 
   return {(lb.unsqueeze(1) * B.to(v)).to(compute), (ld.unsqueeze(1) * A.to(v)).to(compute)};
 }
 
-inline std::tuple<at::Tensor, at::Tensor> vera_forward(const at::Tensor& x, const at::Tensor& W0,
+inline std::tuple<at::Tensor, at::Tensor> vera_forward(const at::Tensor& x, const OptTensor& W0,
                                                        const c10::optional<at::Tensor>& bias, const at::Tensor& A,
                                                        const at::Tensor& B, const at::Tensor& ld, const at::Tensor& lb,
                                                        int64_t strategy, bool save_h) {
@@ -245,21 +273,22 @@ inline std::tuple<at::Tensor, at::Tensor> vera_forward(const at::Tensor& x, cons
     merged_forward(y, x, W0, bias, Bs, Ad, 1.0, plan.panel_rows);
     return {y, save_h ? at::mm(x, A.t()) : empty_like_none(x)};
   }
-  at::Tensor y = bias.has_value() ? at::addmm(*bias, x, W0.t()) : at::mm(x, W0.t());
+  at::Tensor y = base_forward(x, W0, bias, s.out);
   const at::Tensor h = at::mm(x, A.t());                      // (T, r)
   y.addmm_(h * ld.to(x.scalar_type()), Bs.t());
   return {y, save_h ? h : empty_like_none(x)};
 }
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vera_backward(
-    const at::Tensor& g, const at::Tensor& x, const at::Tensor& h, const at::Tensor& W0, const at::Tensor& A,
+    const at::Tensor& g, const at::Tensor& x, const at::Tensor& h, const OptTensor& W0, const at::Tensor& A,
     const at::Tensor& B, const at::Tensor& ld, const at::Tensor& lb, int64_t strategy, std::array<bool, 4> mask) {
   const char* op = "vera_linear_backward";
-  TORCH_CHECK_VALUE(g.dim() == 2 && g.size(1) == W0.size(0), op, ": grad must have shape (tokens, ", W0.size(0),
+  TORCH_CHECK_VALUE(g.dim() == 2 && g.size(1) == B.size(0), op, ": grad must have shape (tokens, ", B.size(0),
                     "), got ", shape_str(g));
   const bool need_adapter = mask[2] || mask[3];
   // x is read only for grad_weight; the autograd formula passes an expanded zero otherwise.
   const RandBasisShape s = check_vera(op, x, W0, c10::nullopt, A, B, ld, lb);
+  TORCH_CHECK_VALUE(!mask[1] || W0.has_value(), op, ": a weight gradient was requested without a weight");
   TORCH_CHECK_VALUE(g.size(0) == s.tokens, op, ": grad.shape[0] must equal x.shape[0] = ", s.tokens);
   if (need_adapter)
     TORCH_CHECK_VALUE(h.dim() == 2 && h.size(0) == s.tokens && h.size(1) == s.rank, op, ": h must have shape (",
@@ -276,7 +305,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vera_backward(
       merged_backward(g, x, W0, Bs, Ad, 1.0, plan.panel_rows, &grad_x, nullptr, false,
                       [](int64_t, int64_t, const at::Tensor&) {});
     } else {
-      grad_x = at::mm(g, W0);
+      grad_x = base_grad_x(g, W0, s.in);
       grad_x.addmm_(at::mm(g, Bs), Ad);
     }
   }

@@ -21,7 +21,14 @@ d_initial; buffers ``vera_A`` (r, IN) and ``vera_B`` (OUT, r); no scaling.
 
 Both freeze the base layer's parameters, keep it as ``base_layer`` and offer ``delta_weight()``,
 ``merged_weight()`` (W0 + dW, base untouched), ``merge()`` / ``unmerge()`` (in place, idempotent
-errors) and ``forward(x)`` (x (..., in)).  With ``dropout > 0`` in training mode the adapter
+errors) and ``forward(x)`` (x (..., in)).
+
+Quantized bases: ``base_linear`` may be a bitsandbytes ``Linear8bitLt`` / ``Linear4bit``.  The
+base then computes its own product and the op adds the adapter branch (weight=None); the bases
+and the compute run in ``compute_dtype`` (default: the 4-bit layer's ``compute_dtype``, else
+float32).  ``merge()`` dequantizes, adds dW (this layer's formula, not peft's bnb one, which is
+wrong: structops.randbasis.merge) and requantizes with the layer's own settings; ``unmerge()``
+does the reverse (a second rounding: not bit-exact).  With ``dropout > 0`` in training mode the adapter
 branch sees dropout(x) while the base sees x, as in peft; that path runs unfused (the scaled
 basis is then kept by autograd).
 """
@@ -32,20 +39,34 @@ import math
 import numbers
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.randbasis import STRATEGIES, randlora_linear, vera_linear
 from ..randbasis.bases import shared_randlora_bases, shared_vera_bases
+from ..randbasis.merge import (_bnb_kind, dequantized_weight, merge_delta, randlora_delta_weight,
+                               vera_delta_weight)
 
 __all__ = ["RandLoRALinear", "VeRALinear"]
 
 
 def _check_base(cls: str, base_linear) -> None:
     if not isinstance(base_linear, nn.Linear):
-        raise ValueError(f"{cls}: base_linear must be a torch.nn.Linear, got {type(base_linear).__name__}")
-    if not base_linear.weight.is_floating_point():
+        raise ValueError(f"{cls}: base_linear must be a torch.nn.Linear (or a bitsandbytes Linear8bitLt / "
+                         f"Linear4bit), got {type(base_linear).__name__}")
+    if not base_linear.weight.is_floating_point() and _bnb_kind(base_linear) is None:
         raise ValueError(f"{cls}: base_linear.weight must be floating point, got {base_linear.weight.dtype}")
+
+
+def _compute_dtype(base_linear, compute_dtype) -> torch.dtype:
+    """The dtype the bases are stored in and the adapter runs in."""
+    if compute_dtype is not None:
+        if not isinstance(compute_dtype, torch.dtype) or not compute_dtype.is_floating_point:
+            raise ValueError(f"compute_dtype must be a floating torch.dtype, got {compute_dtype!r}")
+        return compute_dtype
+    w = base_linear.weight
+    if w.is_floating_point():
+        return w.dtype
+    return getattr(base_linear, "compute_dtype", None) or torch.float32
 
 
 def _check_pos_int(cls: str, name: str, v) -> int:
@@ -67,11 +88,13 @@ def _master_dtype(weight: Tensor) -> torch.dtype:
 class _AdapterBase(nn.Module):
     """Merge bookkeeping shared by both layers (the delta formula is the subclass's)."""
 
-    def __init__(self, base_linear: nn.Linear, dropout: float, strategy: str):
+    def __init__(self, base_linear: nn.Linear, dropout: float, strategy: str, compute_dtype: torch.dtype):
         super().__init__()
         if strategy not in STRATEGIES:
             raise ValueError(f"{type(self).__name__}: strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
         self.base_layer = base_linear
+        self.compute_dtype = compute_dtype
+        self.quantized_base = not base_linear.weight.is_floating_point()
         for p in base_linear.parameters():
             p.requires_grad_(False)
         self.in_features = base_linear.in_features
@@ -84,34 +107,52 @@ class _AdapterBase(nn.Module):
         raise NotImplementedError
 
     def merged_weight(self) -> Tensor:
-        """W0 + dW in the base weight's dtype (dW evaluated in float32/float64); the layer is not changed."""
+        """W0 + dW (the base weight's dtype; float32 for a quantized base, dequantized); the layer is
+        not changed."""
         w = self.base_layer.weight
         with torch.no_grad():
-            base = w.detach().to(_master_dtype(w))
+            base = dequantized_weight(self.base_layer).to(_master_dtype(w)) if self.quantized_base else w.detach().to(_master_dtype(w))
             if self.merged:
-                return w.detach().clone()
-            return (base + self.delta_weight()).to(w.dtype)
+                return base if self.quantized_base else w.detach().clone()
+            out = base + self.delta_weight()
+            return out if self.quantized_base else out.to(w.dtype)
 
     def merge(self) -> None:
-        """Adds dW into the base weight in place (forward then runs the plain base layer)."""
+        """Adds dW into the base weight in place (dequantize, add, requantize for a quantized base);
+        forward then runs the plain base layer.  A non-finite result leaves the base unchanged."""
         if self.merged:
             raise RuntimeError(f"{type(self).__name__}.merge(): already merged; call unmerge() first")
-        w = self.base_layer.weight
-        new = self.merged_weight()
-        if not torch.isfinite(new).all():
-            raise RuntimeError(f"{type(self).__name__}.merge(): the merged weight is not finite; base weight left unchanged")
         with torch.no_grad():
-            w.copy_(new)
+            try:
+                merge_delta(self.base_layer, self.delta_weight(), +1.0)
+            except RuntimeError as e:
+                raise RuntimeError(f"{type(self).__name__}.merge(): {e}") from None
         self.merged = True
 
     def unmerge(self) -> None:
-        """Subtracts dW again (exact up to the base dtype's rounding of W0 + dW)."""
+        """Subtracts dW again (exact up to the base dtype's rounding of W0 + dW; a quantized base is
+        rounded a second time)."""
         if not self.merged:
             raise RuntimeError(f"{type(self).__name__}.unmerge(): not merged")
-        w = self.base_layer.weight
         with torch.no_grad():
-            w.copy_((w.detach().to(_master_dtype(w)) - self.delta_weight()).to(w.dtype))
+            merge_delta(self.base_layer, self.delta_weight(), -1.0)
         self.merged = False
+
+    def _run(self, x: Tensor, fused, unfused_delta) -> Tensor:
+        """Base + adapter: one fused op over (W0, bias) for a floating base; the base's own
+        forward plus the op's adapter branch (weight=None) for a quantized one."""
+        base = self.base_layer
+        if self.merged:
+            return base(x)
+        xc = x.to(self.compute_dtype)
+        if self._dropout_active():
+            xd = self.dropout(xc)
+            delta = torch.nn.functional.linear(xd, unfused_delta().to(self.compute_dtype))
+            return (base(x if self.quantized_base else xc).to(self.compute_dtype) + delta).to(x.dtype)
+        if self.quantized_base:
+            y0 = base(x)
+            return (y0 + fused(xc, None, None).to(y0.dtype)).to(x.dtype)
+        return fused(xc, base.weight, base.bias).to(x.dtype)
 
     def _dropout_active(self) -> bool:
         return self.training and isinstance(self.dropout, nn.Dropout)
@@ -120,9 +161,10 @@ class _AdapterBase(nn.Module):
 class RandLoRALinear(_AdapterBase):
     def __init__(self, base_linear: nn.Linear, r: int, alpha: float = 640.0, dropout: float = 0.0, seed: int = 0,
                  sparse: bool = False, very_sparse: bool = False, strategy: str = "auto", basis_A: Tensor | None = None,
-                 basis_B: Tensor | None = None, scaling_mode: str = "peft"):
+                 basis_B: Tensor | None = None, scaling_mode: str = "peft", compute_dtype: torch.dtype | None = None):
         cls = "RandLoRALinear"
         _check_base(cls, base_linear)
+        cdt = _compute_dtype(base_linear, compute_dtype)
         r = _check_pos_int(cls, "r", r)
         dropout = _check_dropout(cls, dropout)
         if scaling_mode not in ("peft", "official"):
@@ -134,7 +176,7 @@ class RandLoRALinear(_AdapterBase):
         if (basis_A is None) != (basis_B is None):
             raise ValueError(f"{cls}: pass both basis_A and basis_B or neither")
         if basis_A is None:
-            basis_A, basis_B = shared_randlora_bases(out_f, in_f, r, seed, sparse, very_sparse, dtype=w.dtype, device=w.device)
+            basis_A, basis_B = shared_randlora_bases(out_f, in_f, r, seed, sparse, very_sparse, dtype=cdt, device=w.device)
         else:
             if basis_A.dim() != 3 or basis_A.shape[0] < r or basis_A.shape[2] < d_min:
                 raise ValueError(f"{cls}: basis_A must be (r', 1, D_min) with r' >= r = {r} and D_min >= {d_min}, got {tuple(basis_A.shape)}")
@@ -142,9 +184,9 @@ class RandLoRALinear(_AdapterBase):
                 raise ValueError(f"{cls}: basis_B must be (D_max, N, r) with D_max >= {d_max}, N >= n = {n}, r = {r}, got {tuple(basis_B.shape)}")
             if basis_A.shape[0] != r:
                 raise ValueError(f"{cls}: basis_A.shape[0] must equal r = {r} (peft shares A of the adapter's rank), got {basis_A.shape[0]}")
-            basis_A = basis_A.detach().to(device=w.device, dtype=w.dtype)
-            basis_B = basis_B.detach().to(device=w.device, dtype=w.dtype)
-        super().__init__(base_linear, dropout, strategy)
+            basis_A = basis_A.detach().to(device=w.device, dtype=cdt)
+            basis_B = basis_B.detach().to(device=w.device, dtype=cdt)
+        super().__init__(base_linear, dropout, strategy, cdt)
         self.r, self.num_bases, self.alpha, self.scaling_mode = r, n, float(alpha), scaling_mode
         self.scaling = float(alpha) / r / (math.sqrt(n) if scaling_mode == "official" else 1.0)
         md = _master_dtype(w)
@@ -161,25 +203,14 @@ class RandLoRALinear(_AdapterBase):
 
     def delta_weight(self) -> Tensor:
         """dW (out, in) in float32 (float64 for a float64 base), peft's formula."""
-        md = _master_dtype(self.base_layer.weight)
         a, b = self._bases()
-        r, n = self.randlora_lambda.shape
-        ahat = (self.randlora_lambda.to(md).unsqueeze(2) * a.to(md).unsqueeze(1) * self.randlora_gamma.to(md).unsqueeze(0))
-        dw = self.scaling * (b.to(md) @ ahat.reshape(r * n, -1))
-        return dw if self.in_features <= self.out_features else dw.t()
+        return randlora_delta_weight(a, b, self.randlora_lambda, self.randlora_gamma, self.scaling, self.in_features,
+                                     self.out_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        base = self.base_layer
-        if self.merged:
-            return base(x)
-        w = base.weight
-        xc = x.to(w.dtype)
         a, b = self._bases()
-        if self._dropout_active():
-            dw = self.delta_weight().to(w.dtype)
-            return (base(xc) + F.linear(self.dropout(xc), dw)).to(x.dtype)
-        return randlora_linear(xc, w, base.bias, a, b, self.randlora_lambda, self.randlora_gamma, self.scaling,
-                               self.strategy).to(x.dtype)
+        return self._run(x, lambda xc, w, bias: randlora_linear(xc, w, bias, a, b, self.randlora_lambda, self.randlora_gamma,
+                                                                 self.scaling, self.strategy), self.delta_weight)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, n={self.num_bases}, "
@@ -188,9 +219,11 @@ class RandLoRALinear(_AdapterBase):
 
 class VeRALinear(_AdapterBase):
     def __init__(self, base_linear: nn.Linear, r: int = 256, dropout: float = 0.0, d_initial: float = 0.1, seed: int = 0,
-                 strategy: str = "auto", vera_A: Tensor | None = None, vera_B: Tensor | None = None):
+                 strategy: str = "auto", vera_A: Tensor | None = None, vera_B: Tensor | None = None,
+                 compute_dtype: torch.dtype | None = None):
         cls = "VeRALinear"
         _check_base(cls, base_linear)
+        cdt = _compute_dtype(base_linear, compute_dtype)
         r = _check_pos_int(cls, "r", r)
         dropout = _check_dropout(cls, dropout)
         w = base_linear.weight
@@ -198,15 +231,15 @@ class VeRALinear(_AdapterBase):
         if (vera_A is None) != (vera_B is None):
             raise ValueError(f"{cls}: pass both vera_A and vera_B or neither")
         if vera_A is None:
-            vera_A, vera_B = shared_vera_bases(out_f, in_f, r, seed, dtype=w.dtype, device=w.device)
+            vera_A, vera_B = shared_vera_bases(out_f, in_f, r, seed, dtype=cdt, device=w.device)
         else:
             if vera_A.dim() != 2 or vera_A.shape[0] < r or vera_A.shape[1] < in_f:
                 raise ValueError(f"{cls}: vera_A must be (r', IN) with r' >= r = {r}, IN >= {in_f}, got {tuple(vera_A.shape)}")
             if vera_B.dim() != 2 or vera_B.shape[0] < out_f or vera_B.shape[1] < r:
                 raise ValueError(f"{cls}: vera_B must be (OUT, r') with OUT >= {out_f}, r' >= r = {r}, got {tuple(vera_B.shape)}")
-            vera_A = vera_A.detach().to(device=w.device, dtype=w.dtype)
-            vera_B = vera_B.detach().to(device=w.device, dtype=w.dtype)
-        super().__init__(base_linear, dropout, strategy)
+            vera_A = vera_A.detach().to(device=w.device, dtype=cdt)
+            vera_B = vera_B.detach().to(device=w.device, dtype=cdt)
+        super().__init__(base_linear, dropout, strategy, cdt)
         self.r = r
         md = _master_dtype(w)
         self.vera_lambda_b = nn.Parameter(torch.zeros(out_f, dtype=md, device=w.device))
@@ -218,21 +251,13 @@ class VeRALinear(_AdapterBase):
         return self.vera_A[: self.r, : self.in_features], self.vera_B[: self.out_features, : self.r]
 
     def delta_weight(self) -> Tensor:
-        md = _master_dtype(self.base_layer.weight)
         a, b = self._bases()
-        return (self.vera_lambda_b.to(md).unsqueeze(1) * b.to(md)) @ (self.vera_lambda_d.to(md).unsqueeze(1) * a.to(md))
+        return vera_delta_weight(a, b, self.vera_lambda_d, self.vera_lambda_b)
 
     def forward(self, x: Tensor) -> Tensor:
-        base = self.base_layer
-        if self.merged:
-            return base(x)
-        w = base.weight
-        xc = x.to(w.dtype)
         a, b = self._bases()
-        if self._dropout_active():
-            dw = self.delta_weight().to(w.dtype)
-            return (base(xc) + F.linear(self.dropout(xc), dw)).to(x.dtype)
-        return vera_linear(xc, w, base.bias, a, b, self.vera_lambda_d, self.vera_lambda_b, self.strategy).to(x.dtype)
+        return self._run(x, lambda xc, w, bias: vera_linear(xc, w, bias, a, b, self.vera_lambda_d, self.vera_lambda_b,
+                                                             self.strategy), self.delta_weight)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "

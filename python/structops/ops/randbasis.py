@@ -12,6 +12,9 @@ Semantics are peft 0.21.2's (``../shared/reference/finetune.md`` §2–3; docs/A
 * ``vera_linear(x, weight, bias, vera_A, vera_B, lambda_d, lambda_b)``:
   ``y = x weight^T + bias + lambda_b * ((lambda_d * (x A^T)) B^T)``, A (r, in), B (out, r).
 
+``weight`` may be None: the op is then the adapter branch alone (bias + x dW^T) — what a layer over
+a quantized base (bnb ``Linear8bitLt`` / ``Linear4bit``) adds to the base's own output.
+
 Gradients for x, weight (optional: frozen in PEFT), bias and the trained vectors; the bases are
 frozen (passing a basis that requires grad is an error).  What autograd keeps: RandLoRA saves only
 x in its own dtype (the scaled basis is rebuilt, never saved) — or, when in > out and the base
@@ -47,12 +50,13 @@ def _strategy(op: str, strategy) -> int:
 
 
 def _check_common(op: str, x, weight, bias, bases: dict, vectors: dict) -> None:
-    check_tensors(op, {"x": x, "weight": weight, **bases, **vectors})
-    if bias is not None:
-        check_tensors(op, {"bias": bias})
+    check_tensors(op, {"x": x, **bases, **vectors})
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            check_tensors(op, {name: t})
     if x.dim() < 1:
         raise ValueError(f"{op}: x must have at least 1 dimension (..., in_features), got shape {shape_of(x)}")
-    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+    if weight is not None and (weight.dim() != 2 or weight.shape[1] != x.shape[-1]):
         raise ValueError(
             f"{op}: weight must be 2-D (out_features, in_features) with in_features = x.shape[-1] = "
             f"{x.shape[-1]}, got {shape_of(weight)}"
@@ -93,7 +97,14 @@ def randlora_linear(
     """RandLoRA linear layer (peft 0.21.2 maths); x (..., in) -> (..., out).  See the module doc."""
     op = "randlora_linear"
     _check_common(op, x, weight, bias, {"basis_A": basis_A, "basis_B": basis_B}, {"lam": lam, "gamma": gamma})
-    out_f, in_f = weight.shape
+    if weight is not None:
+        out_f, in_f = weight.shape
+    else:  # adapter branch only (a quantized base computes x W0^T itself): out from the bases
+        in_f = x.shape[-1]
+        if basis_A.dim() != 2 or basis_B.dim() != 2 or in_f not in (basis_A.shape[1], basis_B.shape[0]):
+            raise ValueError(f"{op}: without weight, x.shape[-1] = {in_f} must equal d_min = basis_A.shape[1] or "
+                             f"d_max = basis_B.shape[0], got basis_A {shape_of(basis_A)}, basis_B {shape_of(basis_B)}")
+        out_f = basis_B.shape[0] if in_f == basis_A.shape[1] else basis_A.shape[1]
     d_min, d_max = min(in_f, out_f), max(in_f, out_f)
     if lam.dim() != 2 or lam.shape[0] < 1 or lam.shape[1] < 1:
         raise ValueError(f"{op}: lam (randlora_lambda) must be 2-D (r, n), got {shape_of(lam)}")
@@ -112,7 +123,7 @@ def randlora_linear(
     lead = x.shape[:-1]
     # Basis on the output side (in > out): keep h = x Bbar (tokens, r*n) for backward instead of
     # x (tokens, in) when it is smaller and no weight gradient needs x.
-    save_h = (in_f > out_f and r * n < in_f and torch.is_grad_enabled() and not weight.requires_grad
+    save_h = (in_f > out_f and r * n < in_f and torch.is_grad_enabled() and not (weight is not None and weight.requires_grad)
               and (lam.requires_grad or gamma.requires_grad))
     y, _ = _ops.randlora_linear(x.reshape(-1, in_f), weight, bias, basis_A, basis_B, lam, gamma, float(scaling), s, save_h)
     return y.reshape(*lead, out_f)
@@ -131,7 +142,8 @@ def vera_linear(
     """VeRA linear layer (peft 0.21.2 maths); x (..., in) -> (..., out).  See the module doc."""
     op = "vera_linear"
     _check_common(op, x, weight, bias, {"vera_A": vera_A, "vera_B": vera_B}, {"lambda_d": lambda_d, "lambda_b": lambda_b})
-    out_f, in_f = weight.shape
+    # without weight: the adapter branch only (a quantized base computes x W0^T itself)
+    out_f, in_f = (weight.shape if weight is not None else (vera_B.shape[0] if vera_B.dim() == 2 else -1, x.shape[-1]))
     if lambda_d.dim() != 1 or lambda_d.shape[0] < 1:
         raise ValueError(f"{op}: lambda_d must be 1-D (r,), got {shape_of(lambda_d)}")
     r = lambda_d.shape[0]
@@ -168,32 +180,39 @@ def randbasis_plan(method: str, tokens: int, in_features: int, out_features: int
 # ----------------------------------------------------------------------------------------------
 # fake (meta) kernels
 # ----------------------------------------------------------------------------------------------
+def _randlora_out_features(x, weight, basis_A, basis_B):
+    if weight is not None:
+        return weight.shape[0]
+    return basis_B.shape[0] if x.shape[1] == basis_A.shape[1] else basis_A.shape[1]
+
+
 @torch.library.register_fake("structops::randlora_linear")
 def _randlora_fake(x, weight, bias, basis_A, basis_B, lam, gamma, scaling, strategy=0, save_h=False):
-    torch._check(x.dim() == 2 and weight.dim() == 2, lambda: "x and weight must be 2-D")
+    torch._check(x.dim() == 2, lambda: "x must be 2-D")
     h = x.new_empty((x.shape[0], basis_B.shape[1])) if save_h else x.new_empty((0,))
-    return x.new_empty((x.shape[0], weight.shape[0])), h
+    return x.new_empty((x.shape[0], _randlora_out_features(x, weight, basis_A, basis_B))), h
 
 
 @torch.library.register_fake("structops::randlora_linear_backward")
 def _randlora_backward_fake(grad, x, h, weight, basis_A, basis_B, lam, gamma, scaling, strategy, output_mask):
     e, ev = x.new_empty((0,)), lam.new_empty((0,))
-    return (x.new_empty(x.shape) if output_mask[0] else e, x.new_empty(weight.shape) if output_mask[1] else e,
+    return (x.new_empty(x.shape) if output_mask[0] else e,
+            x.new_empty(weight.shape) if output_mask[1] and weight is not None else e,
             lam.new_empty(lam.shape) if output_mask[2] else ev, lam.new_empty(gamma.shape) if output_mask[3] else ev)
 
 
 @torch.library.register_fake("structops::vera_linear")
 def _vera_fake(x, weight, bias, vera_A, vera_B, lambda_d, lambda_b, strategy=0, save_h=True):
-    torch._check(x.dim() == 2 and weight.dim() == 2, lambda: "x and weight must be 2-D")
+    torch._check(x.dim() == 2, lambda: "x must be 2-D")
     h = x.new_empty((x.shape[0], vera_A.shape[0])) if save_h else x.new_empty((0,))
-    return x.new_empty((x.shape[0], weight.shape[0])), h
+    return x.new_empty((x.shape[0], vera_B.shape[0])), h
 
 
 @torch.library.register_fake("structops::vera_linear_backward")
 def _vera_backward_fake(grad, x, h, weight, vera_A, vera_B, lambda_d, lambda_b, strategy, output_mask):
     e, ev = grad.new_empty((0,)), lambda_d.new_empty((0,))
-    return (grad.new_empty((grad.shape[0], weight.shape[1])) if output_mask[0] else e,
-            grad.new_empty(weight.shape) if output_mask[1] else e,
+    return (grad.new_empty((grad.shape[0], vera_A.shape[1])) if output_mask[0] else e,
+            grad.new_empty(weight.shape) if output_mask[1] and weight is not None else e,
             lambda_d.new_empty(lambda_d.shape) if output_mask[2] else ev,
             lambda_d.new_empty(lambda_b.shape) if output_mask[3] else ev)
 
@@ -221,9 +240,9 @@ def _randlora_backward(ctx, grad, _grad_h):
     if grad is None:
         return (None,) * 10
     if x is None:
-        x = _zero_like(ctx.x_shape, weight)
+        x = _zero_like(ctx.x_shape, basis_A)
     if h is None:
-        h = weight.new_empty((0,))
+        h = basis_A.new_empty((0,))
     ni = ctx.needs_input_grad
     mask = [bool(ni[0]), bool(ni[1]), bool(ni[5]), bool(ni[6])]
     dx, dw, dlam, dgamma = _ops.randlora_linear_backward(
@@ -249,9 +268,9 @@ def _vera_backward(ctx, grad, _grad_h):
     if grad is None:
         return (None,) * 9
     if x is None:
-        x = _zero_like(ctx.x_shape, weight)
+        x = _zero_like(ctx.x_shape, vera_A)
     if h is None:
-        h = weight.new_empty((0,))
+        h = vera_A.new_empty((0,))
     mask = [bool(ni[0]), bool(ni[1]), bool(ni[5]), bool(ni[6])]
     dx, dw, dld, dlb = _ops.vera_linear_backward(
         grad, x, h, weight, vera_A, vera_B, lambda_d, lambda_b, ctx.strategy, mask)

@@ -7,5 +7,9 @@ The ops are ``structops.randlora_linear`` / ``structops.vera_linear``; the layer
 
 from .bases import (peft_generation_dtype, randlora_bases, shared_randlora_bases, shared_vera_bases,
                     vera_bases)
+from .merge import (dequantized_weight, is_quantized, merge_delta, randlora_delta_weight, set_weight,
+                    vera_delta_weight)
 
-__all__ = ["peft_generation_dtype", "randlora_bases", "vera_bases", "shared_randlora_bases", "shared_vera_bases"]
+__all__ = ["peft_generation_dtype", "randlora_bases", "vera_bases", "shared_randlora_bases", "shared_vera_bases",
+           "randlora_delta_weight", "vera_delta_weight", "is_quantized", "dequantized_weight", "set_weight",
+           "merge_delta"]
