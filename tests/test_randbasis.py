@@ -50,6 +50,17 @@ def _grads(y, inputs):
     return torch.autograd.grad(y, ins, g)
 
 
+def _assert_same_outputs_and_grads(y, yr, inputs, tol=1e-12):
+    """y == yr and the gradients of both w.r.t. every input that requires grad, same cotangent."""
+    assert rel(y, yr) < tol
+    torch.manual_seed(1)
+    gs = _grads(y, inputs)
+    torch.manual_seed(1)
+    gr = _grads(yr, inputs)
+    for a, b in zip(gs, gr):
+        assert rel(a, b) < 10 * tol
+
+
 @pytest.mark.parametrize("strategy", ["factored", "merged", "auto"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_randlora_matches_reference(shape, strategy):
@@ -59,13 +70,7 @@ def test_randlora_matches_reference(shape, strategy):
         y = structops.randlora_linear(*args, 2.5, strategy)
         yr = reference.randlora_linear(*args, 2.5)
         assert y.shape == (*lead, 6, o)
-        assert rel(y, yr) < 1e-12
-        torch.manual_seed(1)
-        gs = _grads(y, args)
-        torch.manual_seed(1)
-        gr = _grads(yr, args)
-        for a, b in zip(gs, gr):
-            assert rel(a, b) < 1e-11
+        _assert_same_outputs_and_grads(y, yr, args)
 
 
 @pytest.mark.parametrize("strategy", ["factored", "merged", "auto"])
@@ -77,13 +82,7 @@ def test_randlora_frozen_weight_saves_h_path(shape, strategy):
     w.requires_grad_(False)
     y = structops.randlora_linear(x, w, b, A, B, lam, gam, 1.3, strategy)
     yr = reference.randlora_linear(x, w, b, A, B, lam, gam, 1.3)
-    assert rel(y, yr) < 1e-12
-    torch.manual_seed(2)
-    gs = _grads(y, (x, b, lam, gam))
-    torch.manual_seed(2)
-    gr = _grads(yr, (x, b, lam, gam))
-    for a, c in zip(gs, gr):
-        assert rel(a, c) < 1e-11
+    _assert_same_outputs_and_grads(y, yr, (x, b, lam, gam))
     torch.autograd.gradcheck(lambda x_, l_, g_: structops.randlora_linear(x_, w, b, A, B, l_, g_, 1.3, strategy),
                              (x, lam, gam))
 
@@ -96,13 +95,7 @@ def test_vera_matches_reference(shape, strategy):
         args = vera_args(i, o, r, bias=bias, lead=lead)
         y = structops.vera_linear(*args, strategy)
         yr = reference.vera_linear(*args)
-        assert rel(y, yr) < 1e-12
-        torch.manual_seed(1)
-        gs = _grads(y, args)
-        torch.manual_seed(1)
-        gr = _grads(yr, args)
-        for a, b in zip(gs, gr):
-            assert rel(a, b) < 1e-11
+        _assert_same_outputs_and_grads(y, yr, args)
 
 
 def test_reference_pairing_is_peft_not_natural():
@@ -554,6 +547,17 @@ def test_save_pretrained_dedupes_bases_and_stock_peft_loads_it(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # quantized (bitsandbytes) base layers — bitsandbytes 0.50 runs 8-bit and 4-bit on the CPU
 # ---------------------------------------------------------------------------------------------
+class OneLinear(torch.nn.Module):
+    """A model whose only module is `lin` (peft targets it by name)."""
+
+    def __init__(self, lin):
+        super().__init__()
+        self.lin = lin
+
+    def forward(self, x):
+        return self.lin(x)
+
+
 def _bnb():
     return pytest.importorskip("bitsandbytes", reason="bitsandbytes==0.50.2 is a test dependency")
 
@@ -620,15 +624,7 @@ def test_peft_bnb_merge_is_wrong_and_ours_is_right():
         for _ in range(2):
             q, _lin = _quantized("8bit", i, o, seed=4)
 
-            class M(torch.nn.Module):
-                def __init__(self, lin):
-                    super().__init__()
-                    self.lin = lin
-
-                def forward(self, x):
-                    return self.lin(x)
-
-            m = M(q)
+            m = OneLinear(q)
             m.is_loaded_in_8bit = True  # what transformers sets: peft then builds its bnb layer
             torch.manual_seed(5)
             pm = peft.get_peft_model(m, peft.RandLoraConfig(r=8, target_modules=["lin"]))
@@ -658,15 +654,7 @@ def test_accelerate_over_bnb_base_matches_peft():
     _bnb()
     q, _ = _quantized("4bit", 64, 96, seed=2)
 
-    class M(torch.nn.Module):
-        def __init__(self, lin):
-            super().__init__()
-            self.lin = lin
-
-        def forward(self, x):
-            return self.lin(x)
-
-    m = M(q)
+    m = OneLinear(q)
     m.is_loaded_in_4bit = True
     torch.manual_seed(1)
     pm = peft.get_peft_model(m, peft.RandLoraConfig(r=8, target_modules=["lin"]))
