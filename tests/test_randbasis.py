@@ -665,3 +665,19 @@ def test_accelerate_over_bnb_base_matches_peft():
     y = pm(x)
     structops.compat.peft.accelerate(pm)
     assert rel(pm(x), y) < 1e-5
+
+
+def test_weightless_op_single_token_does_not_alias_bias():
+    """weight=None, one token: the output must be a fresh tensor (an expanded (1, out) bias is
+    already 'contiguous'; accumulating into it would overwrite the caller's bias)."""
+    x, w, b, A, B, lam, gam = randlora_args(12, 20, 4, T=1)
+    b0 = b.detach().clone()
+    zero = torch.zeros_like(w)
+    for s in ("factored", "merged"):
+        y = structops.randlora_linear(x, None, b, A, B, lam, gam, 2.0, s)
+        assert torch.equal(b, b0)
+        assert rel(y, reference.randlora_linear(x, zero, b, A, B, lam, gam, 2.0)) < 1e-12
+    vx, vw, vb, vA, vB, ld, lb = vera_args(12, 20, 4, T=1)
+    vb0 = vb.detach().clone()
+    structops.vera_linear(vx, None, vb, vA, vB, ld, lb)
+    assert torch.equal(vb, vb0)

@@ -66,7 +66,7 @@ inline void build_panel(at::Tensor& wp, const OptTensor& W0, int64_t p0, int64_t
 // x W0^T + bias (T, out); zeros / broadcast bias without W0.
 inline at::Tensor base_forward(const at::Tensor& x, const OptTensor& W0, const OptTensor& bias, int64_t out) {
   if (W0.has_value()) return bias.has_value() ? at::addmm(*bias, x, W0->t()) : at::mm(x, W0->t());
-  if (bias.has_value()) return bias->unsqueeze(0).expand({x.size(0), out}).contiguous();
+  if (bias.has_value()) return bias->unsqueeze(0).expand({x.size(0), out}).clone(at::MemoryFormat::Contiguous);
   return at::zeros({x.size(0), out}, x.options());
 }
 
