@@ -18,7 +18,7 @@ import torch  # noqa: F401  (must be imported first: _C links against libtorch/l
 from . import _C  # noqa: F401  registers torch.ops.structops.*
 from . import butterfly, compat, nn, randbasis, reference  # noqa: F401
 from .ops import (block_butterfly_multiply, blockdiag_matmul, butterfly_multiply, monarch_matmul, randlora_linear,
-                  vera_linear)
+                  sparse_lowrank_linear, vera_linear)
 from .projection import monarch_project
 
 __version__ = _C.build_info()["version"]
@@ -38,6 +38,7 @@ __all__ = [
     "block_butterfly_multiply",
     "randlora_linear",
     "vera_linear",
+    "sparse_lowrank_linear",
     "monarch_project",
     "build_info",
     "nn",

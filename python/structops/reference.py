@@ -33,6 +33,8 @@ __all__ = [
     "randlora_linear",
     "vera_delta_weight",
     "vera_linear",
+    "sparse_lowrank_weight",
+    "sparse_lowrank_linear",
 ]
 
 
@@ -259,3 +261,21 @@ def vera_linear(x: Tensor, weight: Tensor, bias, vera_A: Tensor, vera_B: Tensor,
     """Pure-torch VeRA linear (differentiable, any order)."""
     y = x @ (weight + vera_delta_weight(vera_A, vera_B, lambda_d, lambda_b).to(weight.dtype)).t()
     return y if bias is None else y + bias
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparse plus low-rank (SLTrain): the materialise-W algorithm of SLTrain's own code
+# ---------------------------------------------------------------------------------------------
+def sparse_lowrank_weight(B: Tensor, A: Tensor, values: Tensor, indices: Tensor, scale: float,
+                          base_weight=None) -> Tensor:
+    """W = W0 + scale * B A + S (out, in), S scattered from (values, flat row-major indices)."""
+    w = scale * (B @ A)
+    if base_weight is not None:
+        w = w + base_weight
+    return w.reshape(-1).index_add(0, indices.long(), values).reshape(B.shape[0], A.shape[1])
+
+
+def sparse_lowrank_linear(x: Tensor, B: Tensor, A: Tensor, values: Tensor, indices: Tensor, scale: float,
+                          bias=None, base_weight=None) -> Tensor:
+    """Pure-torch SLTrain linear (materialises W; differentiable, any order)."""
+    return torch.nn.functional.linear(x, sparse_lowrank_weight(B, A, values, indices, scale, base_weight), bias)

@@ -3,5 +3,6 @@
 from .butterfly import Butterfly, ButterflyBmm, ButterflyUnitary
 from .linear import BlockdiagLinear, MonarchLinear
 from .randbasis import RandLoRALinear, VeRALinear
+from .sltrain import SLTrainLinear
 
-__all__ = ["BlockdiagLinear", "MonarchLinear", "Butterfly", "ButterflyUnitary", "ButterflyBmm", "RandLoRALinear", "VeRALinear"]
+__all__ = ["BlockdiagLinear", "MonarchLinear", "Butterfly", "ButterflyUnitary", "ButterflyBmm", "RandLoRALinear", "VeRALinear", "SLTrainLinear"]

@@ -4,6 +4,7 @@
 * ``butterfly``: ``butterfly_multiply`` (torch_butterfly semantics), ``block_butterfly_multiply``
   (fly's block butterfly).
 * ``randbasis``: ``randlora_linear``, ``vera_linear`` (peft 0.21.2 RandLoRA / VeRA maths).
+* ``sparse_lowrank``: ``sparse_lowrank_linear`` (SLTrain: W0 + s B A + S, never materialised).
 
 Each family module defines the public functions, their fake (meta) kernels and autograd formulas
 for ``torch.ops.structops.*``; ``_checks`` holds the argument checks they share.
@@ -12,6 +13,7 @@ for ``torch.ops.structops.*``; ``_checks`` holds the argument checks they share.
 from .butterfly import block_butterfly_multiply, butterfly_multiply
 from .monarch import blockdiag_matmul, monarch_matmul
 from .randbasis import randlora_linear, vera_linear
+from .sparse_lowrank import sparse_lowrank_linear
 
 __all__ = ["blockdiag_matmul", "monarch_matmul", "butterfly_multiply", "block_butterfly_multiply",
-           "randlora_linear", "vera_linear"]
+           "randlora_linear", "vera_linear", "sparse_lowrank_linear"]
