@@ -66,6 +66,7 @@ bench: build
 	$(PY) bench/bench_monarch.py --json bench/results/monarch.json
 	$(PY) bench/bench_butterfly.py --json bench/results/butterfly.json
 	$(PY) bench/bench_randbasis.py --json bench/results/randbasis.json
+	$(PY) bench/bench_sparse_lowrank.py --json bench/results/sparse_lowrank.json
 
 bench-cpp: build
 	$(VENV)/bin/cmake -S . -B build/bench -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja \

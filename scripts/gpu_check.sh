@@ -111,7 +111,7 @@ fi
 
 # ---- tests --------------------------------------------------------------------------------
 export PYTHONUNBUFFERED=1
-STRUCTOPS_TEST_TIMEOUT=60 timeout 300 $PY -m pytest -q -x -m cuda tests/test_cuda.py tests/test_butterfly_cuda.py tests/test_randbasis_cuda.py -p no:cacheprovider \
+STRUCTOPS_TEST_TIMEOUT=60 timeout 300 $PY -m pytest -q -x -m cuda tests/test_cuda.py tests/test_butterfly_cuda.py tests/test_randbasis_cuda.py tests/test_sparse_lowrank_cuda.py -p no:cacheprovider \
   > "$out/pytest_cuda.log" 2>&1
 log "cuda tests (exit $?): $(tail -1 "$out/pytest_cuda.log")"
 

@@ -31,13 +31,25 @@ def make(T, i, o, r, density, dtype=torch.float64, base=False, bias=True, seed=0
     return x, B, A, v, idx, b, W0
 
 
+@pytest.fixture(params=["native", "aten"])
+def engine(request, monkeypatch):
+    """The CPU's own sparse kernels, or the ATen sparse engine the CUDA path uses
+    (STRUCTOPS_SPARSE_KERNEL=aten), so both are checked here."""
+    if request.param == "aten":
+        monkeypatch.setenv("STRUCTOPS_SPARSE_KERNEL", "aten")
+    else:
+        monkeypatch.delenv("STRUCTOPS_SPARSE_KERNEL", raising=False)
+    return request.param
+
+
 CASES = [(5, 12, 20, 3, 0.2), (130, 33, 17, 4, 0.3), (64, 64, 64, 8, 0.05), (200, 70, 130, 1, 0.5),
          (1, 9, 9, 2, 0.9), (65, 300, 40, 16, 0.02)]
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("base", [False, True])
-def test_matches_materialised_reference(case, base):
+def test_matches_materialised_reference(case, base, engine):
     T, i, o, r, d = case
     for lead, bias in (((), True), ((2,), False)):
         x, B, A, v, idx, b, W0 = make(T, i, o, r, d, base=base, bias=bias, lead=lead)
@@ -73,7 +85,8 @@ def test_float32_and_low_precision_rule():
         assert rel(y.double(), y64) <= 2 * rel(ref_lp.double(), y64) + 1e-3
 
 
-def test_empty_support_rank_zero_and_no_tokens():
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_empty_support_rank_zero_and_no_tokens(engine):
     x, B, A, v, idx, b, _ = make(10, 8, 6, 2, 0.5)
     e_idx, e_v = idx[:0], v.detach()[:0].requires_grad_()
     y = structops.sparse_lowrank_linear(x, B, A, e_v, e_idx, 1.0, b)
@@ -141,7 +154,8 @@ def test_saves_only_x_and_parameters():
     assert [tuple(t.shape) for t in saved if t.data_ptr() not in owned] == []  # no W, no G, no (T, r) temp
 
 
-def test_bad_inputs():
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_bad_inputs(engine):
     x, B, A, v, idx, b, _ = make(5, 12, 20, 3, 0.2, dtype=torch.float32)
     f = structops.sparse_lowrank_linear
     with pytest.raises(ValueError, match="strictly increasing"):

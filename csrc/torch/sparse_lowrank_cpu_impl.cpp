@@ -1,6 +1,6 @@
 // CPU registration of the sparse-plus-low-rank (SLTrain) ops: ATen GEMMs for the dense and
 // low-rank products, the torch-free sparse kernels of csrc/cpu for x S^T, g S and the sampled
-// grad_values.  CUDA: not implemented yet (the op raises the dispatcher's "no kernel" error).
+// grad_values (STRUCTOPS_SPARSE_KERNEL=aten: the ATen sparse engine CUDA uses, for testing).
 #include <torch/library.h>
 
 #include "sparse_lowrank_ops.h"

@@ -11,6 +11,8 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <cstdlib>
+#include <cstring>
 #include <tuple>
 
 #include "cpu_executor.h"
@@ -84,6 +86,61 @@ inline Csr csr(const char* op, const at::Tensor& indices, const Shape& s) {
 
 inline at::Tensor rows_contig(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
+// ---------------------------------------------------------------------------------------------
+// The ATen sparse engine (CUDA's path — cuSPARSE SpMM / SDDMM through ATen's CSR ops — and a CPU
+// alternative selected with STRUCTOPS_SPARSE_KERNEL=aten, so the same code is tested here):
+// validation on the device, one host sync for the verdict.
+// ---------------------------------------------------------------------------------------------
+struct AtenSupport {
+  at::Tensor S;   // CSR (out, in) with the values
+  at::Tensor St;  // CSR (in, out): the transpose, for g S
+  at::Tensor order;  // position in S of each entry of St
+};
+
+inline at::Tensor flat_rows(const at::Tensor& idx64, int64_t in) { return at::floor_divide(idx64, in); }
+
+inline void check_support_on_device(const char* op, const at::Tensor& idx64, int64_t total) {
+  if (idx64.numel() == 0) return;
+  const bool ok_range = (idx64.min().item<int64_t>() >= 0) && (idx64.max().item<int64_t>() < total);
+  const bool ok_order = idx64.numel() < 2 || (idx64.slice(0, 1) > idx64.slice(0, 0, -1)).all().item<bool>();
+  if (!ok_range || !ok_order) {
+    // locate the first offender for the message (rare path)
+    const at::Tensor h = idx64.cpu();
+    const int64_t* p = h.data_ptr<int64_t>();
+    int64_t bad = 0;
+    for (int64_t k = 0; k < h.numel(); ++k)
+      if (p[k] < 0 || p[k] >= total || (k > 0 && p[k] <= p[k - 1])) {
+        bad = k;
+        break;
+      }
+    TORCH_CHECK_VALUE(false, op, ": indices must be strictly increasing flat row-major positions in [0, out*in) = [0, ",
+                      total, "); indices[", bad, "] = ", p[bad], " is out of range or not greater than the previous one");
+  }
+}
+
+inline AtenSupport aten_support(const char* op, const at::Tensor& indices, const at::Tensor& values, const Shape& s,
+                                bool need_transpose) {
+  const at::Tensor idx64 = indices.to(at::kLong);
+  check_support_on_device(op, idx64, s.out * s.in);
+  const at::Tensor rows = flat_rows(idx64, s.in), cols = idx64 - rows * s.in;
+  AtenSupport a;
+  const at::Tensor crow = at::_convert_indices_from_coo_to_csr(rows, s.out, /*out_int32=*/false);
+  a.S = at::sparse_csr_tensor(crow, cols, values, {s.out, s.in}, values.options().layout(at::kSparseCsr));
+  if (need_transpose) {
+    a.order = at::argsort(cols * s.out + rows);
+    const at::Tensor crow_t = at::_convert_indices_from_coo_to_csr(cols.index_select(0, a.order), s.in, false);
+    a.St = at::sparse_csr_tensor(crow_t, rows.index_select(0, a.order), values.index_select(0, a.order),
+                                 {s.in, s.out}, values.options().layout(at::kSparseCsr));
+  }
+  return a;
+}
+
+inline bool use_aten_sparse(const at::Tensor& x) {
+  if (!x.is_cpu()) return true;
+  const char* e = std::getenv("STRUCTOPS_SPARSE_KERNEL");
+  return e != nullptr && std::strcmp(e, "aten") == 0;
+}
+
 inline bool native(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
 
 inline at::Tensor forward(const at::Tensor& x_in, const at::Tensor& B_in, const at::Tensor& A_in,
@@ -91,7 +148,6 @@ inline at::Tensor forward(const at::Tensor& x_in, const at::Tensor& B_in, const 
                           const c10::optional<at::Tensor>& bias_in, const c10::optional<at::Tensor>& W0_in) {
   const char* op = "sparse_lowrank_linear";
   const Shape s = check(op, x_in, B_in, A_in, values_in, indices, bias_in, W0_in);
-  const Csr c = csr(op, indices, s);
   const at::ScalarType dt = x_in.scalar_type();
   const at::ScalarType ct = native(dt) ? dt : at::kFloat;
   auto cv = [&](const at::Tensor& t) { return t.scalar_type() == ct ? t : t.to(ct); };
@@ -101,12 +157,21 @@ inline at::Tensor forward(const at::Tensor& x_in, const at::Tensor& B_in, const 
   };
   const at::Tensor x = rows_contig(cv(x_in)), B = cv(B_in), A = cv(A_in), values = cv(values_in).contiguous();
   const c10::optional<at::Tensor> bias = cvo(bias_in), W0 = cvo(W0_in);
+  const bool aten_engine = use_aten_sparse(x_in);
+  const Csr c = aten_engine ? Csr{} : csr(op, indices, s);
   at::Tensor y;
   if (W0.has_value())
     y = bias.has_value() ? at::addmm(*bias, x, W0->t()) : at::mm(x, W0->t());
   else
     y = bias.has_value() ? bias->unsqueeze(0).expand({s.tokens, s.out}).clone(at::MemoryFormat::Contiguous) : at::zeros({s.tokens, s.out}, x.options());
   if (s.rank > 0) y.addmm_(at::mm(x, A.t()), B.t(), 1.0, scale);
+  if (aten_engine) {
+    if (s.nnz > 0 || s.tokens == 0) {
+      const AtenSupport a = aten_support(op, indices, values, s, false);
+      if (s.nnz > 0 && s.tokens > 0) y.add_(at::mm(a.S, x.t()).t());
+    }
+    return ct == dt ? y : y.to(dt);
+  }
   SparseMatmulForwardParams p;
   p.dtype = to_dtype(ct);
   p.tokens = s.tokens;
@@ -130,7 +195,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ba
   TORCH_CHECK_VALUE(g_in.dim() == 2 && g_in.size(0) == s.tokens && g_in.size(1) == s.out, op, ": grad must be (",
                     s.tokens, ", ", s.out, "), got ", shape_str(g_in));
   TORCH_CHECK_VALUE(!mask[4] || W0_in.has_value(), op, ": grad_base_weight requested without a base_weight");
-  const Csr c = csr(op, indices, s);
+  const bool aten_engine = use_aten_sparse(x_in);
+  const Csr c = aten_engine ? Csr{} : csr(op, indices, s);
   const at::ScalarType dt = x_in.scalar_type();
   const at::ScalarType ct = native(dt) ? dt : at::kFloat;
   auto cv = [&](const at::Tensor& t) { return t.scalar_type() == ct ? t : t.to(ct); };
@@ -146,7 +212,20 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ba
   if (mask[2]) grad_A = s.rank > 0 ? at::mm(u.t(), x).mul_(scale) : at::zeros_like(A);
   if (mask[1]) grad_B = s.rank > 0 ? at::mm(g.t(), at::mm(x, A.t())).mul_(scale) : at::zeros_like(B);
   if (mask[3]) grad_values = at::empty({s.nnz}, values.options());
-  if ((mask[0] || mask[3]) && s.nnz > 0) {
+  if (aten_engine && (mask[0] || mask[3]) && s.nnz > 0) {
+    const AtenSupport a = aten_support(op, indices, values, s, mask[0]);
+    if (s.tokens > 0) {
+      if (mask[0]) grad_x.add_(at::mm(a.St, g.t()).t());
+      if (mask[3]) {
+        // SDDMM: (g^T x) sampled at the support, in CSR (= sorted flat) order
+        const at::Tensor pattern = at::sparse_csr_tensor(a.S.crow_indices(), a.S.col_indices(), at::ones_like(values),
+                                                         {s.out, s.in}, values.options().layout(at::kSparseCsr));
+        grad_values.copy_(at::sparse_sampled_addmm(pattern, g.t().contiguous(), x, 0.0, 1.0).values());
+      }
+    } else if (mask[3]) {
+      grad_values.zero_();
+    }
+  } else if ((mask[0] || mask[3]) && s.nnz > 0) {
     SparseMatmulBackwardParams p;
     p.dtype = to_dtype(ct);
     p.tokens = s.tokens;

@@ -8,8 +8,9 @@
   forward x W0^T + s (x A^T) B^T + x S^T; backward grad_x = g W0 + s (g B) A + g S,
   grad_A = s (g B)^T x, grad_B = s g^T (x A^T), grad_values = G at the support, computed
   directly (sampled dense-dense product).  Autograd saves x and references to the parameters.
-* dtypes: float32 / float64 natively, bfloat16 / float16 computed in float32 and cast back; CPU
-  (CUDA: not implemented yet).  Double backward raises (use ``structops.reference.sparse_lowrank_linear``).
+* dtypes: float32 / float64 natively, bfloat16 / float16 computed in float32 and cast back.  CPU:
+  torch-free per-ISA sparse kernels; CUDA: ATen's sparse CSR ops (cuSPARSE SpMM / SDDMM; compiled,
+  not yet run on a GPU), also selectable on the CPU with STRUCTOPS_SPARSE_KERNEL=aten.  Double backward raises (use ``structops.reference.sparse_lowrank_linear``).
 """
 
 from __future__ import annotations
