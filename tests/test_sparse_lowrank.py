@@ -245,3 +245,61 @@ def test_layer_forward_merge_and_fine_tuning_variant():
         kw = {"rank": 4, "density": 0.1, **bad}
         with pytest.raises(ValueError):
             SLTrainLinear(32, 48, kw["rank"], kw["density"])
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 16)
+        self.attn = torch.nn.ModuleDict({"q": torch.nn.Linear(16, 16), "o": torch.nn.Linear(16, 16)})
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 16))
+        self.lm_head = torch.nn.Linear(16, 10)
+
+    def forward(self, t):
+        h = self.embed(t)
+        h = h + self.attn["o"](self.attn["q"](h))
+        return self.lm_head(h + self.mlp(h))
+
+
+def test_convert_linears_follows_the_name_rule():
+    from structops.nn.sltrain import convert_linears
+
+    torch.manual_seed(0)
+    m = Block()
+    t = torch.randint(0, 10, (4, 5))
+    y0 = m(t)
+    names = convert_linears(m, rank=2, density=0.1, fine_tune=True)
+    assert sorted(names) == ["attn.o", "attn.q", "mlp.0", "mlp.2"]
+    assert type(m.lm_head) is torch.nn.Linear and isinstance(m.mlp[0], SLTrainLinear)
+    assert rel(m(t), y0) < 1e-6  # fine-tuning variant equals the model at init
+    m2 = Block()
+    assert len(convert_linears(m2, rank=2, density=0.1)) == 4 and m2.attn["q"].base_weight is None
+    with pytest.raises(ValueError):
+        convert_linears(Block(), rank=0)
+
+
+@pytest.mark.parametrize("eight_bit", [False, None])
+def test_per_layer_optimizer_steps_from_the_grad_hook(eight_bit):
+    from structops.nn.sltrain import attach_per_layer_optimizer, detach_per_layer_optimizer
+
+    if eight_bit is None:
+        pytest.importorskip("bitsandbytes", reason="8-bit state needs bitsandbytes (a test dependency)")
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(SLTrainLinear(64, 96, 8, 0.1, alpha=8), torch.nn.GELU(), SLTrainLinear(96, 8, 4, 0.1))
+    x, target = torch.randn(32, 64), torch.randn(32, 8)
+    opts = attach_per_layer_optimizer(m, lr=1e-2, eight_bit=eight_bit)
+    assert set(opts) == {n for n, p in m.named_parameters()}
+    if eight_bit is None:
+        assert any(type(o).__module__.startswith("bitsandbytes") for o in opts.values())
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.mse_loss(m(x), target)
+        loss.backward()  # each parameter is stepped inside backward, its grad freed
+        losses.append(loss.item())
+    assert all(p.grad is None for p in m.parameters())
+    assert all(not torch.equal(before[n], p) for n, p in m.named_parameters())
+    assert losses[-1] < 0.7 * losses[0]
+    detach_per_layer_optimizer(m)
+    m(x).sum().backward()
+    assert all(p.grad is not None for p in m.parameters())

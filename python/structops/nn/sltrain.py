@@ -16,6 +16,10 @@ kaiming-uniform, S = 0 at the random support, so the layer equals the linear at 
 ``dense_weight()`` materialises W (out, in); ``merge() -> nn.Linear`` returns a dense layer with W = W0 + scale · B A + S (this layer is not
 changed).  ``support_from_seed(out, in, density, seed)`` regenerates a support from a seed (a
 CPU generator: identical across runs and devices).
+
+``convert_linears(model, rank, density, alpha)`` applies SLTrain's name rule to a model;
+``attach_per_layer_optimizer(model, lr)`` is its per-layer (8-bit where bitsandbytes is
+installed) optimizer step from ``register_post_accumulate_grad_hook``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from torch import Tensor, nn
 from ..ops.sparse_lowrank import sparse_lowrank_linear
 from ..reference import sparse_lowrank_weight
 
-__all__ = ["SLTrainLinear", "support_from_seed", "random_support"]
+__all__ = ["SLTrainLinear", "support_from_seed", "random_support", "convert_linears", "attach_per_layer_optimizer",
+           "detach_per_layer_optimizer", "SLTRAIN_TARGETS"]
 
 
 def _nnz(cls, out_features, in_features, density) -> int:
@@ -125,3 +130,75 @@ class SLTrainLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
                 f"density={self.density}, nnz={self.sparse_index.numel()}, scale={self.scale:g}, "
                 f"bias={self.bias is not None}, base_weight={self.base_weight is not None}")
+
+
+SLTRAIN_TARGETS = ("attn", "attention", "mlp")
+
+
+def convert_linears(model: nn.Module, rank: int, density: float = 0.01, alpha: float = 1.0,
+                    targets=SLTRAIN_TARGETS, fine_tune: bool = False) -> list[str]:
+    """Replaces, in place, every ``nn.Linear`` whose qualified name contains one of ``targets``
+    (SLTrain's rule: "attn", "attention", "mlp" — embeddings and lm_head are left alone) by an
+    ``SLTrainLinear``: freshly initialised for pretraining, or ``from_linear`` (W0 frozen) with
+    ``fine_tune=True``.  Returns the converted names.  Every replacement is built before any is
+    installed, so a failure leaves the model unchanged."""
+    plan = []
+    for name, mod in model.named_modules():
+        if type(mod) is nn.Linear and any(t in name for t in targets):
+            w = mod.weight
+            new = (SLTrainLinear.from_linear(mod, rank, density, alpha) if fine_tune else
+                   SLTrainLinear(mod.in_features, mod.out_features, rank, density, alpha, bias=mod.bias is not None,
+                                 device=w.device, dtype=w.dtype))
+            plan.append((name, new))
+    for name, new in plan:
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
+    return [n for n, _ in plan]
+
+
+def attach_per_layer_optimizer(model: nn.Module, lr: float = 1e-3, eight_bit: bool | None = None, **kwargs) -> dict:
+    """SLTrain's memory-lean recipe: one optimizer per trainable parameter, stepped (and its grad
+    freed) from ``register_post_accumulate_grad_hook`` as soon as the gradient is complete, so no
+    model-wide gradient set ever exists.  8-bit Adam state (``bitsandbytes.optim.Adam8bit``) when
+    bitsandbytes is installed and ``eight_bit`` is not False (parameters with fewer than 4096
+    elements keep fp32 state, as bitsandbytes itself does), else ``torch.optim.AdamW``.  Call
+    ``loss.backward()`` only — no ``optimizer.step()``.  Returns {parameter name: optimizer}; remove
+    with ``detach_per_layer_optimizer(model)``."""
+    use8 = eight_bit
+    if use8 is None or use8:
+        try:
+            import bitsandbytes as bnb  # noqa: F401
+
+            use8 = True
+        except ImportError:
+            if eight_bit:
+                raise ImportError("attach_per_layer_optimizer(eight_bit=True) needs bitsandbytes") from None
+            use8 = False
+    opts = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if use8:
+            import bitsandbytes as bnb
+
+            opt = bnb.optim.Adam8bit([p], lr=lr, **kwargs)
+        else:
+            opt = torch.optim.AdamW([p], lr=lr, **kwargs)
+
+        def hook(param, opt=opt):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        handle = p.register_post_accumulate_grad_hook(hook)
+        opts[name] = opt
+        p._structops_per_layer_hook = handle
+    return opts
+
+
+def detach_per_layer_optimizer(model: nn.Module) -> None:
+    """Removes the hooks ``attach_per_layer_optimizer`` installed."""
+    for p in model.parameters():
+        h = getattr(p, "_structops_per_layer_hook", None)
+        if h is not None:
+            h.remove()
+            del p._structops_per_layer_hook
