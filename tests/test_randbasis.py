@@ -681,3 +681,30 @@ def test_weightless_op_single_token_does_not_alias_bias():
     vb0 = vb.detach().clone()
     structops.vera_linear(vx, None, vb, vA, vB, ld, lb)
     assert torch.equal(vb, vb0)
+
+
+def test_layers_in_a_compiled_model_and_state_dict_round_trip():
+    """The layers inside a model under torch.compile(fullgraph=True), forward and backward, and a
+    state_dict round trip into a fresh model (bases included)."""
+    torch.manual_seed(0)
+
+    def build():
+        torch.manual_seed(1)
+        return torch.nn.Sequential(RandLoRALinear(torch.nn.Linear(24, 40), r=4), torch.nn.GELU(),
+                                   VeRALinear(torch.nn.Linear(40, 16), r=8))
+
+    m = build()
+    for p in m.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.1)
+    x = torch.randn(6, 24)
+    cm = torch.compile(m, fullgraph=True, backend="aot_eager")
+    y, yc = m(x), cm(x)
+    assert rel(yc, y) < 1e-6
+    ge = torch.autograd.grad(y.square().sum(), [p for p in m.parameters() if p.requires_grad])
+    gc = torch.autograd.grad(cm(x).square().sum(), [p for p in m.parameters() if p.requires_grad])
+    for a, c in zip(ge, gc):
+        assert rel(c, a) < 1e-5
+    other = build()
+    other.load_state_dict(m.state_dict())
+    assert rel(other(x), y) < 1e-7
