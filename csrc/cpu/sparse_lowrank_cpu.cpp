@@ -1,23 +1,15 @@
-// Run-time selection of the sparse (SLTrain) CPU kernel variant — the one the Monarch kernels
-// use (monarch_cpu_isa(), STRUCTOPS_CPU_ISA forces every family) — and the support builder.
-#include <cstring>
-
+// Run-time selection of the sparse (SLTrain) CPU kernel variant (cpu_isa_dispatch.h) and the
+// support builder.
+#include "cpu_isa_dispatch.h"
 #include "structops/sparse_lowrank.h"
 
 namespace structops {
-namespace cpu {
-#define STRUCTOPS_DECLARE_ISA(ns)                                                                \
-  namespace ns {                                                                                 \
-  void sparse_matmul_forward(const SparseMatmulForwardParams& p, const CpuExecutor& exec);   \
-  void sparse_matmul_backward(const SparseMatmulBackwardParams& p, const CpuExecutor& exec); \
-  }
-STRUCTOPS_DECLARE_ISA(generic)
-#if STRUCTOPS_CPU_HAVE_X86
-STRUCTOPS_DECLARE_ISA(avx2)
-STRUCTOPS_DECLARE_ISA(avx512)
-#endif
-#undef STRUCTOPS_DECLARE_ISA
-}  // namespace cpu
+
+#define STRUCTOPS_SPARSE_DECLS                                                               \
+  void sparse_matmul_forward(const SparseMatmulForwardParams& p, const CpuExecutor& exec); \
+  void sparse_matmul_backward(const SparseMatmulBackwardParams& p, const CpuExecutor& exec);
+STRUCTOPS_DECLARE_ISA_VARIANTS(STRUCTOPS_SPARSE_DECLS)
+#undef STRUCTOPS_SPARSE_DECLS
 
 int64_t sparse_support_from_flat(const int32_t* flat, int64_t nnz, int64_t rows, int64_t cols, int32_t* rowptr,
                                  int32_t* col) {
@@ -37,23 +29,11 @@ int64_t sparse_support_from_flat(const int32_t* flat, int64_t nnz, int64_t rows,
 }
 
 void sparse_matmul_forward_cpu(const SparseMatmulForwardParams& p, const CpuExecutor& exec) {
-  const char* isa = monarch_cpu_isa();
-#if STRUCTOPS_CPU_HAVE_X86
-  if (std::strcmp(isa, "avx512") == 0) return cpu::avx512::sparse_matmul_forward(p, exec);
-  if (std::strcmp(isa, "avx2") == 0) return cpu::avx2::sparse_matmul_forward(p, exec);
-#endif
-  (void)isa;
-  cpu::generic::sparse_matmul_forward(p, exec);
+  STRUCTOPS_DISPATCH_ISA(sparse_matmul_forward, p, exec);
 }
 
 void sparse_matmul_backward_cpu(const SparseMatmulBackwardParams& p, const CpuExecutor& exec) {
-  const char* isa = monarch_cpu_isa();
-#if STRUCTOPS_CPU_HAVE_X86
-  if (std::strcmp(isa, "avx512") == 0) return cpu::avx512::sparse_matmul_backward(p, exec);
-  if (std::strcmp(isa, "avx2") == 0) return cpu::avx2::sparse_matmul_backward(p, exec);
-#endif
-  (void)isa;
-  cpu::generic::sparse_matmul_backward(p, exec);
+  STRUCTOPS_DISPATCH_ISA(sparse_matmul_backward, p, exec);
 }
 
 }  // namespace structops
