@@ -708,3 +708,33 @@ def test_layers_in_a_compiled_model_and_state_dict_round_trip():
     other = build()
     other.load_state_dict(m.state_dict())
     assert rel(other(x), y) < 1e-7
+
+
+@pytest.mark.parametrize("io", [(64, 160), (160, 64), (100, 100)])
+def test_sparse_basis_kernels_match_the_dense_path(io):
+    """Very sparse bases through two sparse products (SLTrain kernels): same outputs and gradients
+    as the dense-basis path, both orientations."""
+    import copy
+
+    i, o = io
+    torch.manual_seed(0)
+    base = torch.nn.Linear(i, o)
+    fast = RandLoRALinear(base, r=8, very_sparse=True, sparse_kernels=True)
+    slow = RandLoRALinear(copy.deepcopy(base), r=8, very_sparse=True, sparse_kernels=False)
+    assert fast.basis_density() < 0.2
+    for layer in (fast, slow):
+        torch.manual_seed(1)
+        layer.randlora_lambda.data.normal_()
+        layer.randlora_gamma.data.normal_()
+    x = torch.randn(37, i)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = fast(x1), slow(x2)
+    assert rel(y1, y2) < 1e-6
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    assert rel(x1.grad, x2.grad) < 1e-6
+    assert rel(fast.randlora_lambda.grad, slow.randlora_lambda.grad) < 1e-6
+    assert rel(fast.randlora_gamma.grad, slow.randlora_gamma.grad) < 1e-6
+    assert RandLoRALinear(torch.nn.Linear(256, 256), r=8, very_sparse=True).sparse_kernels  # auto: 1/32 dense
+    assert not RandLoRALinear(torch.nn.Linear(256, 256), r=8, sparse=True).sparse_kernels    # 1/3 dense: no
