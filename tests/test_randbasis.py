@@ -738,3 +738,15 @@ def test_sparse_basis_kernels_match_the_dense_path(io):
     assert rel(fast.randlora_gamma.grad, slow.randlora_gamma.grad) < 1e-6
     assert RandLoRALinear(torch.nn.Linear(256, 256), r=8, very_sparse=True).sparse_kernels  # auto: 1/32 dense
     assert not RandLoRALinear(torch.nn.Linear(256, 256), r=8, sparse=True).sparse_kernels    # 1/3 dense: no
+
+
+def test_merge_and_unload_failure_changes_nothing():
+    m = _peft(_randlora_cfg(), seed=3)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.base_model.model.down.base_layer.weight.data[0, 0] = float("inf")  # this layer's merge is not finite
+    before["base_model.model.down.base_layer.weight"][0, 0] = float("inf")
+    with pytest.raises(RuntimeError, match="nothing was merged"):
+        structops.compat.peft.merge_and_unload(m)
+    after = m.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert not m.base_model.model.up.merged

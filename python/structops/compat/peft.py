@@ -16,8 +16,8 @@
   *layer* formula (``structops.randbasis.merge``) — also into bitsandbytes 8-bit / 4-bit base
   layers (dequantize, add dW, requantize), where peft 0.21.2's own RandLoRA merge computes
   ``update_B @ update_A`` (a shape error on non-square layers, a wrong matrix on square ones) —
-  then peft's ``unload()``.  A failure (non-finite merged weight) raises before any layer is
-  changed.
+  then peft's ``unload()``.  Every merged weight is formed and checked first: a non-finite one
+  raises before any layer is changed.
 * ``save_pretrained(peft_model, save_directory, **kwargs)`` runs peft's ``save_pretrained`` and
   then rewrites each ``adapter_model.safetensors`` with the shared RandLoRA bases stored once
   (peft 0.21.2 writes them once per adapted layer plus once at model level; its own loader
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..ops.randbasis import STRATEGIES, randlora_linear, vera_linear
-from ..randbasis.merge import _bnb_kind, merge_delta, randlora_delta_weight, vera_delta_weight
+from ..randbasis.merge import _bnb_kind, dequantized_weight, randlora_delta_weight, set_weight, vera_delta_weight
 
 __all__ = ["accelerate", "restore", "merge_and_unload", "save_pretrained"]
 
@@ -176,8 +176,15 @@ def merge_and_unload(peft_model):
     if not todo:
         raise ValueError("merge_and_unload: no active, unmerged peft RandLoRA or VeRA layer found")
     with torch.no_grad():
+        # every merged weight is formed and checked before the first one is written
+        new = []
         for mod, dw in todo:
-            merge_delta(mod.get_base_layer(), dw)
+            w = dequantized_weight(mod.get_base_layer()).to(dw.dtype) + dw
+            if not torch.isfinite(w).all():
+                raise RuntimeError("merge_and_unload: a merged weight is not finite; nothing was merged")
+            new.append((mod.get_base_layer(), w))
+        for base, w in new:
+            set_weight(base, w)
     return peft_model.unload()
 
 
