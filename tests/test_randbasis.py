@@ -750,3 +750,37 @@ def test_merge_and_unload_failure_changes_nothing():
     after = m.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
     assert not m.base_model.model.up.merged
+
+
+def test_sparse_basis_kernels_compile_and_reload():
+    """The very-sparse path under torch.compile(fullgraph=True), and its plan rebuilt after
+    load_state_dict brings different bases."""
+    torch.manual_seed(0)
+    layer = RandLoRALinear(torch.nn.Linear(256, 128), r=8, very_sparse=True, seed=1)
+    assert layer.sparse_kernels
+    layer.randlora_lambda.data.normal_()
+    x = torch.randn(16, 256)
+    y = layer(x)
+    cl = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    assert rel(cl(x), y) < 1e-6
+    other = RandLoRALinear(torch.nn.Linear(256, 128), r=8, very_sparse=True, seed=2)
+    assert rel(other(x), y) > 1e-3
+    other.load_state_dict(layer.state_dict())
+    assert rel(other(x), y) < 1e-6
+
+
+def test_loading_different_bases_does_not_touch_other_layers_sharing_them():
+    a = RandLoRALinear(torch.nn.Linear(32, 48), r=4, seed=7)
+    b = RandLoRALinear(torch.nn.Linear(32, 48), r=4, seed=7)
+    assert a.randlora_B.data_ptr() == b.randlora_B.data_ptr()  # shared
+    src = RandLoRALinear(torch.nn.Linear(32, 48), r=4, seed=8)
+    b_before = b.randlora_B.clone()
+    a.load_state_dict(src.state_dict())
+    assert torch.equal(a.randlora_B, src.randlora_B)
+    assert torch.equal(b.randlora_B, b_before)  # the shared tensor was not overwritten
+    c = RandLoRALinear(torch.nn.Linear(32, 48), r=4, seed=7)
+    c.load_state_dict(b.state_dict())  # equal bases: still shared, nothing copied
+    assert c.randlora_B.data_ptr() == b.randlora_B.data_ptr()
+    v1, v2 = VeRALinear(torch.nn.Linear(32, 48), r=8, seed=1), VeRALinear(torch.nn.Linear(32, 48), r=8, seed=1)
+    v1.load_state_dict(VeRALinear(torch.nn.Linear(32, 48), r=8, seed=2).state_dict())
+    assert not torch.equal(v1.vera_A, v2.vera_A)

@@ -25,6 +25,9 @@ strategy="auto", basis_A=None, basis_B=None, scaling_mode="peft")``:
 vera_A=None, vera_B=None)``: parameters ``vera_lambda_b`` (out) = 0 and ``vera_lambda_d`` (r) =
 d_initial; buffers ``vera_A`` (r, IN) and ``vera_B`` (OUT, r); no scaling.
 
+Loading a state_dict whose bases differ from the shared ones gives this layer its own copy (the
+shared tensor, and every other layer holding it, is left alone).
+
 Both freeze the base layer's parameters, keep it as ``base_layer`` and offer ``delta_weight()``,
 ``merged_weight()`` (W0 + dW, base untouched), ``merge()`` / ``unmerge()`` (in place, idempotent
 errors) and ``forward(x)`` (x (..., in)).
@@ -164,8 +167,24 @@ class _AdapterBase(nn.Module):
     def _dropout_active(self) -> bool:
         return self.training and isinstance(self.dropout, nn.Dropout)
 
+    _BASIS_NAMES: tuple = ()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The bases may be shared with other layers (structops.randbasis.shared_*): a checkpoint
+        # whose bases differ gets its own copy here instead of being written into the shared
+        # tensor, which would silently change every other layer (and model) holding it.
+        for name in self._BASIS_NAMES:
+            key = prefix + name
+            cur = getattr(self, name)
+            new = state_dict.get(key)
+            if isinstance(new, Tensor) and new.shape == cur.shape and not torch.equal(new.to(cur.dtype), cur):
+                setattr(self, name, torch.empty_like(cur))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 class RandLoRALinear(_AdapterBase):
+    _BASIS_NAMES = ("randlora_A", "randlora_B")
+
     def __init__(self, base_linear: nn.Linear, r: int, alpha: float = 640.0, dropout: float = 0.0, seed: int = 0,
                  sparse: bool = False, very_sparse: bool = False, strategy: str = "auto", basis_A: Tensor | None = None,
                  basis_B: Tensor | None = None, scaling_mode: str = "peft", compute_dtype: torch.dtype | None = None,
@@ -207,6 +226,9 @@ class RandLoRALinear(_AdapterBase):
         # sparse bases: two sparse products pay below ~1/8 density (measured: torch CSR is 3x faster
         # than dense at 1/32 and slower at 1/3); "auto" decides once from the bases
         self.sparse_kernels = (self.basis_density() < 0.125) if sparse_kernels == "auto" else bool(sparse_kernels)
+        if self.sparse_kernels:
+            self._build_sparse_plan()
+        self.register_load_state_dict_post_hook(self._after_load)
 
     def _bases(self) -> tuple[Tensor, Tensor]:
         d_min, d_max = min(self.in_features, self.out_features), max(self.in_features, self.out_features)
@@ -220,37 +242,41 @@ class RandLoRALinear(_AdapterBase):
         a, b = self._bases()
         return float((a != 0).sum() + (b != 0).sum()) / float(a.numel() + b.numel())
 
-    def _sparse_plan(self):
+    _SPARSE_PLAN = ("a_idx", "a_k", "a_b", "a_j", "b_idx", "b_val")
+
+    def _build_sparse_plan(self) -> None:
         """Supports (int32 sorted flat indices) of Rm (R, in) and L (out, R), and for the
-        Ahat-side factor the gather indices (k, b, j) that build its values from lam, A, gamma."""
-        key = (self.randlora_A.data_ptr(), self.randlora_B.data_ptr(), self.randlora_A.device)
-        if getattr(self, "_sparse_cache_key", None) == key:
-            return self._sparse_cache
-        a, b = self._bases()
-        r, n = self.r, self.num_bases
-        R = r * n
-        d_min = a.shape[1]
-        ka, ja = torch.nonzero(a, as_tuple=True)                       # A's support (k, j)
-        # Ahat rows c = k*n + bb for every basis bb, same columns as A[k]
-        kk = ka.repeat_interleave(n)
-        bb = torch.arange(n, device=a.device).repeat(ka.numel())
-        jj = ja.repeat_interleave(n)
-        cc = kk * n + bb
-        bi, bc = torch.nonzero(b, as_tuple=True)                       # Bbar's support (row, c)
-        if self.in_features <= self.out_features:   # Rm = Ahat (R, in), L = Bbar (out, R)
-            flat_a, flat_b = cc * d_min + jj, bi * R + bc
-        else:                                       # Rm = Bbar^T (R, in), L = Ahat^T (out, R)
-            flat_a, flat_b = jj * R + cc, bc * b.shape[0] + bi
-        oa, ob = torch.argsort(flat_a), torch.argsort(flat_b)
-        plan = {"a_idx": flat_a[oa].to(torch.int32), "a_k": kk[oa], "a_b": bb[oa], "a_j": jj[oa],
-                "b_idx": flat_b[ob].to(torch.int32), "b_val": b[bi[ob], bc[ob]].contiguous()}
-        self._sparse_cache, self._sparse_cache_key = plan, key
-        return plan
+        Ahat-side factor the gather indices (k, b, j) that build its values from lam, A, gamma.
+        Built eagerly (here and after load_state_dict), kept as non-persistent buffers so the
+        forward has no data-dependent shapes (torch.compile) and the plan follows .to()."""
+        with torch.no_grad():
+            a, b = self._bases()
+            n = self.num_bases
+            R = self.r * n
+            d_min = a.shape[1]
+            ka, ja = torch.nonzero(a, as_tuple=True)                   # A's support (k, j)
+            kk, jj = ka.repeat_interleave(n), ja.repeat_interleave(n)  # Ahat row c = k*n + b, A[k]'s columns
+            bb = torch.arange(n, device=a.device).repeat(ka.numel())
+            cc = kk * n + bb
+            bi, bc = torch.nonzero(b, as_tuple=True)                   # Bbar's support (row, c)
+            if self.in_features <= self.out_features:   # Rm = Ahat (R, in), L = Bbar (out, R)
+                flat_a, flat_b = cc * d_min + jj, bi * R + bc
+            else:                                       # Rm = Bbar^T (R, in), L = Ahat^T (out, R)
+                flat_a, flat_b = jj * R + cc, bc * b.shape[0] + bi
+            oa, ob = torch.argsort(flat_a), torch.argsort(flat_b)
+            plan = {"a_idx": flat_a[oa].to(torch.int32), "a_k": kk[oa], "a_b": bb[oa], "a_j": jj[oa],
+                    "b_idx": flat_b[ob].to(torch.int32), "b_val": b[bi[ob], bc[ob]].contiguous()}
+        for k in self._SPARSE_PLAN:
+            self.register_buffer("_sp_" + k, plan[k], persistent=False)
+
+    def _after_load(self, module, incompatible_keys) -> None:
+        if self.sparse_kernels:
+            self._build_sparse_plan()  # the loaded bases may differ from the ones drawn at init
 
     def _sparse_adapter(self, xc: Tensor) -> Tensor:
         from ..ops.sparse_lowrank import sparse_lowrank_linear
 
-        p = self._sparse_plan()
+        p = {k: getattr(self, "_sp_" + k) for k in self._SPARSE_PLAN}
         a, _ = self._bases()
         cdt = xc.dtype
         vals = (self.randlora_lambda[p["a_k"], p["a_b"]] * a[p["a_k"], p["a_j"]].to(self.randlora_lambda.dtype)
@@ -288,6 +314,8 @@ class RandLoRALinear(_AdapterBase):
 
 
 class VeRALinear(_AdapterBase):
+    _BASIS_NAMES = ("vera_A", "vera_B")
+
     def __init__(self, base_linear: nn.Linear, r: int = 256, dropout: float = 0.0, d_initial: float = 0.1, seed: int = 0,
                  strategy: str = "auto", vera_A: Tensor | None = None, vera_B: Tensor | None = None,
                  compute_dtype: torch.dtype | None = None):
