@@ -15,6 +15,7 @@
 #include <array>
 #include <tuple>
 
+#include "linear_base.h"
 #include "randbasis_common.h"
 
 namespace structops {
@@ -48,9 +49,8 @@ inline std::pair<at::Tensor, at::Tensor> factors(const RandBasisShape& s, const 
   return {ahat.t(), B.t()};
 }
 
-// The base weight is optional: without it (a quantized base layer computes its own product
-// outside the op) the op is the adapter branch alone, y = bias + x dW^T.
-using OptTensor = c10::optional<at::Tensor>;
+// The base weight is optional (linear_base.h): without it the op is the adapter branch alone,
+// y = bias + x dW^T.
 
 // wp = W0[p0:p0+pw] + alpha * L[p0:p0+pw] Rm (no W0: alpha * L_p Rm).
 inline void build_panel(at::Tensor& wp, const OptTensor& W0, int64_t p0, int64_t pw, const at::Tensor& L,
@@ -61,18 +61,6 @@ inline void build_panel(at::Tensor& wp, const OptTensor& W0, int64_t p0, int64_t
     at::mm_out(wp, L.narrow(0, p0, pw), Rm);
     if (alpha != 1.0) wp.mul_(alpha);
   }
-}
-
-// x W0^T + bias (T, out); zeros / broadcast bias without W0.
-inline at::Tensor base_forward(const at::Tensor& x, const OptTensor& W0, const OptTensor& bias, int64_t out) {
-  if (W0.has_value()) return bias.has_value() ? at::addmm(*bias, x, W0->t()) : at::mm(x, W0->t());
-  if (bias.has_value()) return bias->unsqueeze(0).expand({x.size(0), out}).clone(at::MemoryFormat::Contiguous);
-  return at::zeros({x.size(0), out}, x.options());
-}
-
-// g W0 (T, in); zeros without W0.
-inline at::Tensor base_grad_x(const at::Tensor& g, const OptTensor& W0, int64_t in) {
-  return W0.has_value() ? at::mm(g, *W0) : at::zeros({g.size(0), in}, g.options());
 }
 
 // y[:, p] = x W_p^T (+ bias[p]) with W_p = W0[p] + alpha * L[p] Rm for each panel p of output
@@ -118,6 +106,14 @@ void merged_backward(const at::Tensor& g, const at::Tensor& x, const OptTensor& 
       if (need_g_panels) project(p0, pw, Gp);
     }
   }
+}
+
+// grad_x = g W_eff from rebuilt panels (no weight-side products).
+inline at::Tensor merged_grad_x(const at::Tensor& g, const at::Tensor& x, const OptTensor& W0, const at::Tensor& L,
+                                const at::Tensor& Rm, double alpha, int64_t panel) {
+  at::Tensor grad_x = at::zeros({g.size(0), x.size(1)}, g.options());
+  merged_backward(g, x, W0, L, Rm, alpha, panel, &grad_x, nullptr, false, [](int64_t, int64_t, const at::Tensor&) {});
+  return grad_x;
 }
 
 inline at::Tensor empty_like_none(const at::Tensor& like) { return at::empty({0}, like.options()); }
@@ -190,9 +186,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> randlora_backw
         grad_x = base_grad_x(g, W0, s.in);
         grad_x.addmm_(at::mm(g, L), Rm, 1.0, scaling);
       } else {
-        grad_x = at::zeros({s.tokens, s.in}, x.options());
-        merged_backward(g, x, W0, L, Rm, scaling, plan.panel_rows, &grad_x, nullptr, false,
-                        [](int64_t, int64_t, const at::Tensor&) {});
+        grad_x = merged_grad_x(g, x, W0, L, Rm, scaling, plan.panel_rows);
       }
     }
     if (need_adapter) dahat = at::mm(h_saved.t(), g).mul_(scaling);
@@ -216,11 +210,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> randlora_backw
     if (need_adapter) dahat = s.basis_on_input ? dtrained : dtrained.t();
   } else {
     const bool mixed = plan.backward == RandBasisStrategy::Mixed;
-    if (mixed) {  // grad_x from rebuilt W_eff panels; the adapter part below runs factored
-      grad_x = at::zeros({s.tokens, s.in}, x.options());
-      merged_backward(g, x, W0, L, Rm, scaling, plan.panel_rows, &grad_x, nullptr, false,
-                      [](int64_t, int64_t, const at::Tensor&) {});
-    }
+    // mixed: grad_x from rebuilt W_eff panels; the adapter part below runs factored
+    if (mixed) grad_x = merged_grad_x(g, x, W0, L, Rm, scaling, plan.panel_rows);
     if (s.basis_on_input) {
       // L = Bbar frozen: u = g L (T, R); grad_x = g W0 + s u Rm; dAhat = s u^T x
       const at::Tensor u = need_adapter || !mixed ? at::mm(g, L) : at::Tensor();
@@ -301,9 +292,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vera_backward(
   at::Tensor grad_x, grad_w, dld, dlb;
   if (mask[0]) {
     if (plan.backward == RandBasisStrategy::Merged) {
-      grad_x = at::zeros({s.tokens, s.in}, g.options());
-      merged_backward(g, x, W0, Bs, Ad, 1.0, plan.panel_rows, &grad_x, nullptr, false,
-                      [](int64_t, int64_t, const at::Tensor&) {});
+      grad_x = merged_grad_x(g, x, W0, Bs, Ad, 1.0, plan.panel_rows);
     } else {
       grad_x = base_grad_x(g, W0, s.in);
       grad_x.addmm_(at::mm(g, Bs), Ad);

@@ -16,6 +16,7 @@
 #include <tuple>
 
 #include "cpu_executor.h"
+#include "linear_base.h"
 #include "monarch_common.h"  // shape_str, to_dtype
 #include "structops/sparse_lowrank.h"
 
@@ -101,9 +102,11 @@ inline at::Tensor flat_rows(const at::Tensor& idx64, int64_t in) { return at::fl
 
 inline void check_support_on_device(const char* op, const at::Tensor& idx64, int64_t total) {
   if (idx64.numel() == 0) return;
-  const bool ok_range = (idx64.min().item<int64_t>() >= 0) && (idx64.max().item<int64_t>() < total);
-  const bool ok_order = idx64.numel() < 2 || (idx64.slice(0, 1) > idx64.slice(0, 0, -1)).all().item<bool>();
-  if (!ok_range || !ok_order) {
+  // one verdict, one host sync: range (first >= 0 and last < total suffice once strictly
+  // increasing) and order
+  at::Tensor ok = (idx64.select(0, 0) >= 0).logical_and(idx64.select(0, -1) < total);
+  if (idx64.numel() > 1) ok = ok.logical_and((idx64.slice(0, 1) > idx64.slice(0, 0, -1)).all());
+  if (!ok.item<bool>()) {
     // locate the first offender for the message (rare path)
     const at::Tensor h = idx64.cpu();
     const int64_t* p = h.data_ptr<int64_t>();
@@ -159,16 +162,12 @@ inline at::Tensor forward(const at::Tensor& x_in, const at::Tensor& B_in, const 
   const c10::optional<at::Tensor> bias = cvo(bias_in), W0 = cvo(W0_in);
   const bool aten_engine = use_aten_sparse(x_in);
   const Csr c = aten_engine ? Csr{} : csr(op, indices, s);
-  at::Tensor y;
-  if (W0.has_value())
-    y = bias.has_value() ? at::addmm(*bias, x, W0->t()) : at::mm(x, W0->t());
-  else
-    y = bias.has_value() ? bias->unsqueeze(0).expand({s.tokens, s.out}).clone(at::MemoryFormat::Contiguous) : at::zeros({s.tokens, s.out}, x.options());
+  at::Tensor y = base_forward(x, W0, bias, s.out);
   if (s.rank > 0) y.addmm_(at::mm(x, A.t()), B.t(), 1.0, scale);
   if (aten_engine) {
-    if (s.nnz > 0 || s.tokens == 0) {
+    if (s.nnz > 0) {
       const AtenSupport a = aten_support(op, indices, values, s, false);
-      if (s.nnz > 0 && s.tokens > 0) y.add_(at::mm(a.S, x.t()).t());
+      if (s.tokens > 0) y.add_(at::mm(a.S, x.t()).t());
     }
     return ct == dt ? y : y.to(dt);
   }
@@ -206,7 +205,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ba
   const bool need_u = (mask[0] || mask[2]) && s.rank > 0;
   const at::Tensor u = need_u ? at::mm(g, B) : at::Tensor();  // (T, r)
   if (mask[0]) {
-    grad_x = W0_in.has_value() ? at::mm(g, cv(*W0_in)) : at::zeros({s.tokens, s.in}, g.options());
+    grad_x = base_grad_x(g, W0_in.has_value() ? OptTensor(cv(*W0_in)) : OptTensor(), s.in);
     if (s.rank > 0) grad_x.addmm_(u, A, 1.0, scale);
   }
   if (mask[2]) grad_A = s.rank > 0 ? at::mm(u.t(), x).mul_(scale) : at::zeros_like(A);

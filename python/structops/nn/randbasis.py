@@ -96,7 +96,7 @@ def _master_dtype(weight: Tensor) -> torch.dtype:
 
 
 class _AdapterBase(nn.Module):
-    """Merge bookkeeping shared by both layers (the delta formula is the subclass's)."""
+    """Merge bookkeeping shared by both layers; each subclass defines ``delta_weight()``."""
 
     def __init__(self, base_linear: nn.Linear, dropout: float, strategy: str, compute_dtype: torch.dtype):
         super().__init__()
@@ -112,9 +112,6 @@ class _AdapterBase(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.strategy = strategy
         self.merged = False
-
-    def delta_weight(self) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
 
     def merged_weight(self) -> Tensor:
         """W0 + dW (the base weight's dtype; float32 for a quantized base, dequantized); the layer is
