@@ -28,8 +28,8 @@ all: build
 
 $(VENV)/.deps-stamp: scripts/requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip >/dev/null
-	$(PIP) install -r scripts/requirements-dev.txt
+	$(PIP) install --no-cache-dir --upgrade pip >/dev/null
+	$(PIP) install --no-cache-dir -r scripts/requirements-dev.txt
 	$(PIP) install --no-deps nvidia-cutlass==4.2.0.0
 	touch $@
 
