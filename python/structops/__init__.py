@@ -17,7 +17,8 @@ import torch  # noqa: F401  (must be imported first: _C links against libtorch/l
 
 from . import _C  # noqa: F401  registers torch.ops.structops.*
 from . import butterfly, compat, nn, randbasis, reference  # noqa: F401
-from .ops import (block_butterfly_multiply, blockdiag_matmul, butterfly_multiply, monarch_matmul, randlora_linear,
+from .ops import (block_butterfly_multiply, blockdiag_matmul, butterfly_multiply, kfac_damped_inverse, kfac_eigh,
+                  kfac_factor_update, kfac_pi_damping, kfac_precondition, monarch_matmul, randlora_linear,
                   sparse_lowrank_linear, vera_linear)
 from .projection import monarch_project
 
@@ -39,6 +40,11 @@ __all__ = [
     "randlora_linear",
     "vera_linear",
     "sparse_lowrank_linear",
+    "kfac_factor_update",
+    "kfac_damped_inverse",
+    "kfac_pi_damping",
+    "kfac_eigh",
+    "kfac_precondition",
     "monarch_project",
     "build_info",
     "nn",
