@@ -68,6 +68,7 @@ TINY = {
     "prune_then_unlearn": dict(sparsity=0.5, unlearner_kwargs=dict(lr=0.1, epochs=20)),
     "iau": dict(lr=0.01),
     "newton_step": dict(damping=1e-3),
+    "kfade": dict(steps=2, kl_budget=0.05, fisher_type="type2"),
     "representation_projection": dict(dim=4, lr=0.05, epochs=20, layers=["1"]),
 }
 

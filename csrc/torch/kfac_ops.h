@@ -118,7 +118,7 @@ inline at::Tensor cholesky_inverse_batch(const at::Tensor& m, const OptTensor& d
   }
   auto [chol, info] = at::linalg_cholesky_ex(md, /*upper=*/false, /*check_errors=*/false);
   failed.logical_or_(info.ne(0));
-  return at::cholesky_inverse(chol);
+  return at::cholesky_inverse(chol).contiguous();  // LAPACK leaves it column-major
 }
 
 // inv(M + diag(damping)) for a batch of SPD M (L, n, n) by recursive Schur-complement block
@@ -270,8 +270,10 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> eigh(const at::Tensor& fac
     at::Tensor m64 = at::index_select(m, 0, idx).to(at::kDouble);
     at::Tensor w64, v64;
     if (try_eigh(m64, w64, v64)) {
-      // The float32 factor's own rounding bounds how negative a PSD spectrum may look.
-      retry_failed.logical_or_(bad_spectrum(w64, v64, neg_tol));
+      // The float32 factor's own rounding bounds how negative its exact spectrum may be: the
+      // float64 result is held to that, not to a tighter user tolerance it cannot meet.
+      const double eps_in = m.scalar_type() == at::kFloat ? 1.1920928955078125e-07 : 2.220446049250313e-16;
+      retry_failed.logical_or_(bad_spectrum(w64, v64, std::max(neg_tol, kfac_default_neg_tol(n, eps_in))));
       w.index_copy_(0, idx, w64.to(w.scalar_type()));
       v.index_copy_(0, idx, v64.to(v.scalar_type()));
     } else {

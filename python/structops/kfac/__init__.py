@@ -19,7 +19,9 @@ examples and M loss terms; sum: ``1 / mc_samples``).  Fisher types: ``"type2"`` 
 backward per class through the loss Hessian's square root; cost ∝ classes), ``"mc"`` (labels
 sampled from the model, ``mc_samples`` per term, seeded), ``"empirical"`` (the data labels).
 
-Deliberate differences from curvlinops: gradients are taken w.r.t. the layers' outputs (no weight
+Outputs of more than 2 dims follow ``nn.CrossEntropyLoss``'s layout (N, C, d1, ...), as in
+curvlinops; a causal LM's (B, T, V) logits need ``output_fn``.  Deliberate differences from
+curvlinops: gradients are taken w.r.t. the layers' outputs (no weight
 gradients are formed); targets equal to the loss's ``ignore_index`` are dropped (curvlinops has no
 masking) and ``M`` counts the kept ones; ``output_fn(model, batch) -> (logits (M, C), targets
 (M,), examples)`` replaces ``model(X)`` for models whose loss is not ``loss_fn(model(X), y)``
@@ -135,6 +137,8 @@ class KFAC:
         X, y = batch[0], batch[1]
         out = model(X)
         out = out.logits if hasattr(out, "logits") else out
+        if out.dim() > 2:  # nn.CrossEntropyLoss's (N, C, d1, ...) layout: classes to the last dim
+            out = out.movedim(1, -1)
         logits = out.reshape(-1, out.shape[-1])
         targets = y.reshape(-1)
         if logits.shape[0] != targets.shape[0]:
@@ -423,11 +427,12 @@ class KFAC:
             gb = torch.zeros(m.out_features, dtype=gw.dtype, device=gw.device)
         return torch.cat([gw, gb[:, None]], dim=1)
 
-    def precondition(self, grads: dict[str, Tensor], damping: float, *, curvature: str = "kfac") -> "OrderedDict[str, Tensor]":
+    def precondition(self, grads: dict[str, Tensor], damping, *, curvature: str = "kfac") -> "OrderedDict[str, Tensor]":
         """``(S ⊗ A + λ I)⁻¹ vec(G)`` per layer (``curvature="kfac"``, eigenbasis form, exact
         damping) or its EK-FAC analogue with the corrected eigenvalues (``"ekfac"``, after
         :meth:`ekfac_correction`).  grads: ``{name: (out, in [+1])}`` (see
-        :meth:`gradient_matrix`); one batched :func:`~structops.kfac_precondition` per shape."""
+        :meth:`gradient_matrix`); damping: a float, or ``{name: float}`` per layer.  One batched
+        :func:`~structops.kfac_precondition` per shape."""
         if curvature not in ("kfac", "ekfac"):
             raise ValueError(f"KFAC.precondition: curvature must be 'kfac' or 'ekfac', got {curvature!r}")
         eig = self.eigen()
@@ -439,18 +444,31 @@ class KFAC:
             want = (eig[n][3].shape[0], eig[n][1].shape[0])
             if tuple(g.shape) != want:
                 raise ValueError(f"KFAC.precondition: grads[{n!r}] must be {want} (out, in [+1]), got {tuple(g.shape)}")
+        per_layer = isinstance(damping, dict)
+        if per_layer:
+            missing = [n for n in grads if n not in damping]
+            if missing:
+                raise ValueError(f"KFAC.precondition: damping has no entry for {missing}")
+            if any(not float(damping[n]) >= 0 for n in grads):
+                raise ValueError("KFAC.precondition: every damping must be >= 0")
+        elif not float(damping) >= 0:
+            raise ValueError(f"KFAC.precondition: damping must be >= 0, got {damping}")
         out: dict = {}
         for shape, group in _group_by_shape(list(grads), lambda n: grads[n].shape).items():
             dt = eig[group[0]][1].dtype
             G = torch.stack([grads[n].to(dt) for n in group])
             QS = torch.stack([eig[n][3] for n in group])
             QA = torch.stack([eig[n][1] for n in group])
-            if curvature == "ekfac":
+            if per_layer:  # a damping per layer: fold it into explicit eigenvalues (L, out, in)
+                lam = torch.stack([(self.corrected_eigenvalues[n].to(dt) if curvature == "ekfac"
+                                    else torch.outer(eig[n][2], eig[n][0])) + float(damping[n]) for n in group])
+                P = kfac_precondition(G, QS, QA, eigenvalues=lam, damping=0.0)
+            elif curvature == "ekfac":
                 P = kfac_precondition(G, QS, QA, eigenvalues=torch.stack([self.corrected_eigenvalues[n].to(dt)
-                                                                          for n in group]), damping=damping)
+                                                                          for n in group]), damping=float(damping))
             else:
                 P = kfac_precondition(G, QS, QA, eigenvalues_S=torch.stack([eig[n][2] for n in group]),
-                                      eigenvalues_A=torch.stack([eig[n][0] for n in group]), damping=damping)
+                                      eigenvalues_A=torch.stack([eig[n][0] for n in group]), damping=float(damping))
             for i, n in enumerate(group):
                 out[n] = P[i].to(grads[n].dtype)
         return OrderedDict((n, out[n]) for n in grads)

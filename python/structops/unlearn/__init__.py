@@ -6,7 +6,8 @@ evaluation harness that scores them against models retrained without the forget 
     new = unlearn.npo(lm, forget, retain, objective=unlearn.CausalLM())     # token-level loss
 
 Methods: finetune, gradient_ascent, grad_diff, npo, simnpo, ssd, l1_sparse,
-prune_then_unlearn, iau, newton_step (exact GGN), representation_projection (MRP).
+prune_then_unlearn, iau, newton_step (exact GGN), kfade (K-FAC / EK-FAC Gauss-Newton steps;
+``apply_update`` re-applies its stored update), representation_projection (MRP).
 Metrics: structops.unlearn.metrics; robustness probes: structops.unlearn.probes;
 benchmark tracks: ``python -m structops.unlearn.bench --track A|B``.
 """
@@ -15,11 +16,13 @@ from . import metrics, probes
 from .data import check_unlearning_inputs
 from .methods import (
     METHODS,
+    apply_update,
     exact_ggn,
     finetune,
     grad_diff,
     gradient_ascent,
     iau,
+    kfade,
     l1_sparse,
     newton_step,
     npo,
@@ -45,6 +48,8 @@ __all__ = [
     "l1_sparse",
     "metrics",
     "newton_step",
+    "kfade",
+    "apply_update",
     "npo",
     "probes",
     "prune_then_unlearn",

@@ -42,6 +42,8 @@ __all__ = [
     "prune_then_unlearn",
     "iau",
     "newton_step",
+    "kfade",
+    "apply_update",
     "representation_projection",
     "METHODS",
 ]
@@ -474,6 +476,179 @@ def newton_step(model, forget, retain, objective, gen, *, eta: float | None = No
 
 
 # ---------------------------------------------------------------------------------------------
+# K-FADE: uphill Gauss-Newton steps on the forget loss under the retain set's K-FAC / EK-FAC
+# ---------------------------------------------------------------------------------------------
+def _kfac_output_fn(objective: Objective):
+    """structops.kfac.KFAC output_fn from an objective: (log-probs (M, C), targets (M,), examples)."""
+
+    def fn(model, batch):
+        logp, targets, _ = objective.scored_logprobs(model, batch)
+        return logp, targets, batch[0].shape[0]
+
+    return fn
+
+
+def _retain_logprobs(model, data, objective, batch_size) -> list[Tensor]:
+    with torch.no_grad():
+        return [objective.scored_logprobs(model, b)[0] for b in batches(data, batch_size)]
+
+
+def _retain_kl(model, data, objective, batch_size, ref_logp: list[Tensor]) -> float:
+    """Mean over scored retain targets of KL(p_ref || p_model)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for b, lr in zip(batches(data, batch_size), ref_logp):
+            lp = objective.scored_logprobs(model, b)[0]
+            total += float((lr.exp() * (lr - lp)).sum())
+            count += lr.shape[0]
+    return total / max(count, 1)
+
+
+def _subset(data, n: int, gen):
+    data = materialize(data)
+    N = data[0].shape[0]
+    if N <= n:
+        return data
+    idx = torch.randperm(N, generator=gen)[:n].sort().values
+    return tuple(t[idx] for t in data)
+
+
+@_method
+def kfade(model, forget, retain, objective, gen, *, curvature: str = "ekfac", steps: int = 3,
+          kl_budget: float | None = 0.05, eta: float | None = None, damping: float | None = None,
+          layers=None, fisher_type: str = "mc", mc_samples: int = 1, batch_size: int | None = 256,
+          kl_examples: int = 1024, max_backtracks: int = 6):
+    """K-FADE (K-FAC for Distribution Erasure; McKinney et al. 2026, reconstructed in
+    ``../shared/reference/unlearning.md`` §1.2): ``steps`` uphill Gauss-Newton steps on the
+    forget loss, preconditioned by the retain set's curvature,
+
+        Δ_k = α_k (G_r + λ)⁻¹ ∇L_f(θ_k),   α_k = sqrt(2 ε / ∇L_fᵀ (G_r + λ)⁻¹ ∇L_f),
+
+    G_r the K-FAC (``curvature="kfac"``) or EK-FAC (``"ekfac"``) Gauss-Newton matrix of the retain
+    loss (Fisher ``fisher_type``, computed once at θ_0), ε = ``kl_budget`` per step (or a fixed
+    α = ``eta``).  The gradient is re-linearised at every step, and each step backtracks (α/2, at
+    most ``max_backtracks`` times) until the *measured* mean KL(p_θ0 ‖ p_θ) over (a
+    ``kl_examples`` subset of) the retain set is at most k·ε — quadratic budgets alone diverge
+    (§9.4).  A step that cannot meet the budget is not taken and the loop stops.
+
+    ``damping``: λ per layer; None = 0.1 × the layer's mean curvature eigenvalue (Kronfluence's
+    heuristic).  ``layers``: nn.Linear names (default: every trainable nn.Linear).  The model's
+    other parameters are untouched.  The summed update is kept on the returned model as
+    ``kfade_update`` ({parameter name: Δ}) so :func:`apply_update` can re-apply it to a
+    further-trained model; ``kfade_log`` records each step's α, backtracks and measured KL.
+    """
+    from ..kfac import KFAC
+
+    if curvature not in ("kfac", "ekfac"):
+        raise ValueError(f"kfade: curvature must be 'kfac' or 'ekfac', got {curvature!r}")
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"kfade: steps must be an int >= 1, got {steps!r}")
+    if (kl_budget is None) == (eta is None):
+        raise ValueError("kfade: give exactly one of kl_budget (a KL budget per step) or eta (a fixed step)")
+    if kl_budget is not None and not kl_budget > 0:
+        raise ValueError(f"kfade: kl_budget must be > 0, got {kl_budget}")
+    if damping is not None and not damping > 0:
+        raise ValueError(f"kfade: damping must be > 0 or None (heuristic), got {damping}")
+    model.eval()
+    K = KFAC(model, nn.CrossEntropyLoss(), modules=layers, fisher_type=fisher_type, mc_samples=mc_samples,
+             seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)), output_fn=_kfac_output_fn(objective))
+    K.accumulate(batches(retain, batch_size))
+    eig = K.eigen()
+    if curvature == "ekfac":
+        K.ekfac_correction(batches(retain, batch_size))
+    lam = {}
+    for n, (eA, _, eS, _) in eig.items():
+        if damping is not None:
+            lam[n] = float(damping)
+        elif curvature == "ekfac":
+            lam[n] = 0.1 * float(K.corrected_eigenvalues[n].mean())
+        else:
+            lam[n] = 0.1 * float(eS.mean() * eA.mean())
+        lam[n] = max(lam[n], 1e-12)
+    kl_data = _subset(retain, kl_examples, gen)
+    ref_logp = _retain_logprobs(model, kl_data, objective, batch_size)
+    mods = K.modules
+    params = {n: [mods[n].weight] + ([mods[n].bias] if mods[n].bias is not None else []) for n in mods}
+    start = {n: [p.detach().clone() for p in ps] for n, ps in params.items()}
+    n_f = num_examples(forget)
+    log = []
+    for k in range(1, steps + 1):
+        flat = [p for ps in params.values() for p in ps]
+        grads = [torch.zeros_like(p) for p in flat]
+        for b in batches(forget, batch_size):
+            loss = objective.mean_nll(model, b).sum() / n_f
+            for acc, g in zip(grads, torch.autograd.grad(loss, flat, allow_unused=True)):
+                if g is not None:
+                    acc += g
+        it = iter(grads)
+        G = {}
+        for n in mods:
+            gw = next(it)
+            gb = next(it) if mods[n].bias is not None else None
+            G[n] = K.gradient_matrix(n, gw, gb)
+        D = K.precondition(G, damping=lam, curvature=curvature)
+        quad = sum(float((G[n].double() * D[n].double()).sum()) for n in mods)
+        if not quad > 0:
+            log.append({"step": k, "stopped": "zero preconditioned gradient"})
+            break
+        alpha = eta if eta is not None else math.sqrt(2.0 * kl_budget / quad)
+        before = {n: [p.detach().clone() for p in ps] for n, ps in params.items()}
+        accepted, kl, tries = False, float("nan"), 0
+        for tries in range(max_backtracks + 1):
+            with torch.no_grad():
+                for n, ps in params.items():
+                    d = D[n]
+                    ps[0].copy_(before[n][0] + alpha * d[:, :ps[0].shape[1]].to(ps[0].dtype))
+                    if len(ps) > 1:
+                        ps[1].copy_(before[n][1] + alpha * d[:, -1].to(ps[1].dtype))
+            if kl_budget is None:
+                accepted = True
+                break
+            kl = _retain_kl(model, kl_data, objective, batch_size, ref_logp)
+            if kl <= k * kl_budget:
+                accepted = True
+                break
+            alpha *= 0.5
+        if not accepted:
+            with torch.no_grad():
+                for n, ps in params.items():
+                    for p, b0 in zip(ps, before[n]):
+                        p.copy_(b0)
+            log.append({"step": k, "stopped": f"retain KL {kl:.4g} above {k * kl_budget:.4g} after "
+                                              f"{max_backtracks} backtracks"})
+            break
+        log.append({"step": k, "alpha": alpha, "backtracks": tries, "retain_kl": kl, "quad": quad})
+    pnames = {id(p): name for name, p in model.named_parameters()}
+    model.kfade_update = {pnames[id(p)]: (p.detach() - s0).clone()
+                          for n, ps in params.items() for p, s0 in zip(ps, start[n])}
+    model.kfade_log = log
+    return model
+
+
+def apply_update(model: nn.Module, delta: dict, *, scale: float = 1.0, inplace: bool = False) -> nn.Module:
+    """Add a stored unlearning update (e.g. ``kfade(...).kfade_update``: {parameter name: Δ}) to
+    ``model`` — typically a further-trained copy of the original.  Returns a copy unless
+    ``inplace``; every name and shape is checked before anything is written."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"apply_update: model must be an nn.Module, got {type(model).__name__}")
+    named = dict(model.named_parameters())
+    for k, v in delta.items():
+        if k not in named:
+            raise ValueError(f"apply_update: model has no parameter {k!r}")
+        if tuple(v.shape) != tuple(named[k].shape):
+            raise ValueError(f"apply_update: delta[{k!r}] has shape {tuple(v.shape)}, the parameter "
+                             f"{tuple(named[k].shape)}")
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"apply_update: delta[{k!r}] is not finite")
+    target = model if inplace else copy.deepcopy(model)
+    tnamed = dict(target.named_parameters())
+    with torch.no_grad():
+        for k, v in delta.items():
+            tnamed[k].add_(v.to(device=tnamed[k].device, dtype=tnamed[k].dtype), alpha=scale)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
 # representation projection (MRP-style)
 # ---------------------------------------------------------------------------------------------
 def _mrp_hook(module, inputs, output):
@@ -601,5 +776,6 @@ METHODS: dict[str, Callable] = {
     "prune_then_unlearn": prune_then_unlearn,
     "iau": iau,
     "newton_step": newton_step,
+    "kfade": kfade,
     "representation_projection": representation_projection,
 }

@@ -192,6 +192,8 @@ class TrackA(Track):
                                    for s in (0.5, 0.8, 0.95) for lr in (0.01, 0.1)],
             "iau": [dict(lr=lr) for lr in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)],
             "newton_step": [dict(damping=dmp, weight_decay=wd) for dmp in (1e-4, 1e-3, 1e-2) for wd in (0.0, L2)],
+            "kfade": [dict(curvature=c, steps=st, kl_budget=eps, damping=dmp) for c in ("ekfac", "kfac")
+                      for st, eps, dmp in ((3, 0.02, 1e-5), (1, 0.05, None), (3, 0.05, 1e-4))],
             "representation_projection": [dict(dim=k, lr=lr, epochs=5) for k in (2, 4, 8) for lr in (2e-4, 2e-2)],
         }
         if method not in grids:

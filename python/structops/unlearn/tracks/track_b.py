@@ -299,6 +299,8 @@ class TrackB(Track):
                                         unlearner_kwargs=dict(lr=lr, epochs=1, optimizer="adamw", batch_size=256))
                                    for s in (0.3, 0.5, 0.8) for lr in (1e-3, 3e-3)],
             "iau": [dict(lr=lr, batch_size=512) for lr in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)],
+            "kfade": [dict(curvature=c, steps=st, kl_budget=eps, damping=dmp, batch_size=64) for c in ("ekfac", "kfac")
+                      for st, eps, dmp in ((3, 0.02, 1e-5), (1, 0.05, None), (3, 0.05, 1e-4))],
             "representation_projection": [dict(dim=k, lr=lr, epochs=5, batch_size=32) for k in (2, 8, 16)
                                           for lr in (2e-4, 2e-2)],
         }
