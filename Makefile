@@ -67,6 +67,7 @@ bench: build
 	$(PY) bench/bench_butterfly.py --json bench/results/butterfly.json
 	$(PY) bench/bench_randbasis.py --json bench/results/randbasis.json
 	$(PY) bench/bench_sparse_lowrank.py --json bench/results/sparse_lowrank.json
+	$(PY) bench/bench_kfac.py --json bench/results/kfac.json
 
 bench-cpp: build
 	$(VENV)/bin/cmake -S . -B build/bench -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja \
