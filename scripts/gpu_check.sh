@@ -8,7 +8,7 @@
 #   build    one configure/build of the extension *and* the CUDA microbenchmark, for the GPU's
 #            own arch (dry: the archs of `make test`, reusing build/dev)  -> logs.tar.gz:build.log
 #   sass     HMMA/HGMMA/FFMA counts of the built kernels (check_sass.py)  -> sass.txt
-#   tests    pytest -m cuda -x tests/test_cuda.py tests/test_butterfly_cuda.py tests/test_randbasis_cuda.py,
+#   tests    pytest -m cuda -x tests/test_cuda.py tests/test_butterfly_cuda.py tests/test_randbasis_cuda.py (+ sparse_lowrank, kfac),
 #            60 s per test
 #            (no CPU suite)  -> pytest_cuda.log
 #   memcheck compute-sanitizer --tool memcheck on small Monarch (k != l, multi-tile) and butterfly
@@ -111,7 +111,7 @@ fi
 
 # ---- tests --------------------------------------------------------------------------------
 export PYTHONUNBUFFERED=1
-STRUCTOPS_TEST_TIMEOUT=60 timeout 300 $PY -m pytest -q -x -m cuda tests/test_cuda.py tests/test_butterfly_cuda.py tests/test_randbasis_cuda.py tests/test_sparse_lowrank_cuda.py -p no:cacheprovider \
+STRUCTOPS_TEST_TIMEOUT=60 timeout 300 $PY -m pytest -q -x -m cuda tests/test_cuda.py tests/test_butterfly_cuda.py tests/test_randbasis_cuda.py tests/test_sparse_lowrank_cuda.py tests/test_kfac_cuda.py -p no:cacheprovider \
   > "$out/pytest_cuda.log" 2>&1
 log "cuda tests (exit $?): $(tail -1 "$out/pytest_cuda.log")"
 
