@@ -22,6 +22,14 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300)).item()
 
 
+def spd_inv(M):
+    """float64 reference inverse of SPD matrices by Cholesky.  Not torch.linalg.inv/solve: after any
+    torch.set_num_threads() call (an earlier test makes one) torch 2.14.1's batched MKL LU fails
+    on these shapes ("Parameter 6 was incorrect on entry to DLASWP", bad pivots)."""
+    M = M.double()
+    return torch.cholesky_inverse(torch.linalg.cholesky(M))
+
+
 def spd_batch(L, n, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(L, n, 2 * n, generator=g, dtype=torch.float64)
@@ -91,7 +99,7 @@ def test_damped_inverse_matches_float64(method, L, n):
     F = spd_batch(L, n)
     damping = torch.linspace(1e-3, 1e-1, L)
     inv, fell = structops.kfac_damped_inverse(F, damping, method=method, return_fell_back=True)
-    ref = torch.linalg.inv(F.double() + damping.double()[:, None, None] * torch.eye(n, dtype=torch.float64))
+    ref = spd_inv(F.double() + damping.double()[:, None, None] * torch.eye(n, dtype=torch.float64))
     assert rel(inv, ref) < 1e-5
     assert not fell.any()
     F64 = F.double()
@@ -118,7 +126,7 @@ def test_damped_inverse_falls_back_to_float64_per_factor():
     F = torch.cat([spd_batch(2, n), bad[None]])
     inv, fell = structops.kfac_damped_inverse(F, 1e-7, return_fell_back=True)
     assert fell.tolist() == [False, False, True]
-    ref = torch.linalg.inv(F[2].double() + 1e-7 * torch.eye(n, dtype=torch.float64))
+    ref = spd_inv(F[2].double() + 1e-7 * torch.eye(n, dtype=torch.float64))
     assert rel(inv[2], ref) < 1e-6
 
 
@@ -207,7 +215,7 @@ def test_precondition_equals_dense_kronecker_solve():
     P = structops.kfac_precondition(G, QS, QA, eigenvalues_S=eS, eigenvalues_A=eA, damping=lam)
     for l in range(L):
         dense = torch.kron(S[l], A[l]) + lam * torch.eye(o * i, dtype=torch.float64)  # row-major vec(W)
-        ref = torch.linalg.solve(dense, G[l].reshape(-1)).reshape(o, i)
+        ref = (spd_inv(dense) @ G[l].reshape(-1)).reshape(o, i)
         assert rel(P[l], ref) < 1e-12
     # EK-FAC form with Lambda = eS eA^T is the same operator
     Lam = eS[:, :, None] * eA[:, None, :]
@@ -356,7 +364,7 @@ def test_kfac_precondition_matches_explicit_inverse(digits):
     for n, G in grads.items():
         A, S = K.factors[n]
         dense = torch.kron(S, A) + 1e-2 * torch.eye(A.shape[0] * S.shape[0], dtype=torch.float64)
-        assert rel(P[n], torch.linalg.solve(dense, G.reshape(-1)).reshape(G.shape)) < 1e-9
+        assert rel(P[n], (spd_inv(dense) @ G.reshape(-1)).reshape(G.shape)) < 1e-9
     # per-layer damping dict
     P2 = K.precondition(grads, damping={"0": 1e-2, "2": 1.0})
     assert rel(P2["0"], P["0"]) < 1e-12 and rel(P2["2"], P["2"]) > 1e-3
