@@ -1,7 +1,8 @@
 """The host side of the CUDA path, checked without a GPU.
 
 tests/cpp/cuda_host_emulation.cpp links csrc/cuda/monarch_cuda.cpp (Monarch orchestration),
-csrc/cuda/block_butterfly_cuda.cpp (block butterfly on the engine) and
+csrc/cuda/block_butterfly_cuda.cpp (block butterfly on the engine), csrc/cuda/kfac_cuda.cpp (the K-FAC
+factor update's block GEMMs) and
 csrc/cuda/gemm/gemm_dispatch.cpp (the GEMM engine's kernel selection) against host stand-ins of
 the device kernels (batched GEMM with the documented layout semantics, row transpose, split
 reduction) and compares forward and all gradients with the Monarch formulas: every layout,
@@ -42,16 +43,16 @@ def test_cuda_orchestration_on_host(tmp_path):
     exe = tmp_path / "emulation"
     cmd = [cxx, "-std=c++20", "-O1", f"-I{ROOT}/csrc/include", f"-I{ROOT}/csrc/cuda", f"-I{inc}",
            f"{ROOT}/tests/cpp/cuda_host_emulation.cpp", f"{ROOT}/csrc/cuda/monarch_cuda.cpp",
-           f"{ROOT}/csrc/cuda/block_butterfly_cuda.cpp",
-           f"{ROOT}/csrc/cuda/gemm/gemm_dispatch.cpp", "-o", str(exe)]
+           f"{ROOT}/csrc/cuda/block_butterfly_cuda.cpp", f"{ROOT}/csrc/cuda/kfac_cuda.cpp",
+           f"{ROOT}/csrc/cpu/kfac_plan.cpp", f"{ROOT}/csrc/cuda/gemm/gemm_dispatch.cpp", "-o", str(exe)]
     build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     out = subprocess.run([str(exe)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "FAIL" not in out.stdout, out.stdout
     # 13 selection checks + token splits + 24 transpose tilings + unregistered cuBLAS + 14 cases x (save v, recompute)
-    # + 5 block-butterfly cases (forward, full backward, dx-only backward each)
-    assert out.stdout.count("ok  ") == 13 + 1 + 24 + 1 + 28 + 5, out.stdout
+    # + 5 block-butterfly cases (forward, full backward, dx-only backward each) + 5 K-FAC factor-update cases
+    assert out.stdout.count("ok  ") == 13 + 1 + 24 + 1 + 28 + 5 + 5, out.stdout
 
 
 def test_butterfly_cuda_blocks_on_host(tmp_path):

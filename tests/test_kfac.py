@@ -262,6 +262,30 @@ def digits():
     return model, data
 
 
+def test_factors_equal_nngeometry_kfac():
+    """nngeometry 0.4's PMatKFAC (exact expectation over the model's classes = type-2) scales A
+    and G differently but its kron(g, a) is the same block: equal to ours in float32 (nngeometry
+    mixes in float32 buffers, so no float64 run)."""
+    pytest.importorskip("nngeometry")
+    from nngeometry.metrics import FIM
+    from nngeometry.object import PMatKFAC
+    from sklearn.datasets import load_digits
+    from torch.utils.data import DataLoader, TensorDataset
+
+    X, y = load_digits(return_X_y=True)
+    X, y = torch.tensor(X[:300] / 16.0, dtype=torch.float32), torch.tensor(y[:300])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+    ref = FIM(model=model, loader=DataLoader(TensorDataset(X, y), batch_size=128), representation=PMatKFAC,
+              variant="classif_logits")
+    K = KFAC(model, nn.CrossEntropyLoss(), fisher_type="type2").accumulate(
+        [(X[i:i + 128], y[i:i + 128]) for i in range(0, 300, 128)])
+    assert list(ref.data) == list(K.factors)
+    for n, (a, g) in ref.data.items():
+        A, S = K.factors[n]
+        assert rel(torch.kron(S, A), torch.kron(g, a)) < 1e-5
+
+
 class SeqModel(nn.Module):
     """Linear layers over (batch, positions, features): weight sharing for expand vs reduce."""
 

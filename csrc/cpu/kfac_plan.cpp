@@ -19,6 +19,12 @@ KfacFactorPlan kfac_factor_plan(int64_t d, int64_t tokens, int64_t factor_elem_b
   constexpr int64_t kMinBlock = 384;
   p.num_blocks = std::max<int64_t>(1, d / kMinBlock);
   p.block = (d + p.num_blocks - 1) / p.num_blocks;
+  if (p.num_blocks > 1) {
+    // Multiples of 64: each block's first column stays 16-byte aligned for the CUDA tensor-op
+    // kernels (kfac_lower_blocks_cuda) when x's rows are.
+    p.block = (p.block + 63) / 64 * 64;
+    p.num_blocks = (d + p.block - 1) / p.block;
+  }
   // A cast chunk of about 32 MiB but at least 1024 rows: every chunk runs nb(nb+1)/2 block
   // GEMMs with k = chunk rows, and short k (682 rows at d = 3072 with 8 MiB) made the bf16 path
   // 0.8x the one-shot cast + einsum (bench_kfac.py).
@@ -41,6 +47,11 @@ KfacInversePlan kfac_inverse_plan(int64_t n, int64_t batch, KfacInverseMethod re
       break;
   }
   return p;
+}
+
+int64_t kfac_num_lower_blocks(int64_t d, int64_t block) {
+  const int64_t nb = (d + block - 1) / block;
+  return nb * (nb + 1) / 2;
 }
 
 double kfac_default_neg_tol(int64_t n, double eps) {

@@ -43,8 +43,7 @@ inline void symmetrize_from_lower(at::Tensor& f) {
 
 // factor += scale * sum_t [x_t; 1][x_t; 1]^T (bias) or scale * sum_t x_t x_t^T, rows with
 // mask == 0 skipped (mask multiplies the row: a 0/1 mask).
-inline at::Tensor& factor_update_(at::Tensor& factor, const at::Tensor& x, double scale, bool bias,
-                                  const OptTensor& mask) {
+inline void check_factor_update(const at::Tensor& factor, const at::Tensor& x, bool bias, const OptTensor& mask) {
   const char* op = "kfac_factor_update";
   TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D (tokens, features), got shape ", shape_str(x));
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be floating point, got ", x.scalar_type());
@@ -61,6 +60,19 @@ inline at::Tensor& factor_update_(at::Tensor& factor, const at::Tensor& x, doubl
                       shape_str(*mask));
     TORCH_CHECK(mask->device() == x.device(), op, ": mask must be on x's device ", x.device());
   }
+}
+
+// The bias row (lower triangle) and corner of an unmasked update: column sums and the row count.
+inline void add_bias_terms(at::Tensor& factor, const at::Tensor& x, double scale) {
+  const int64_t d = x.size(1);
+  factor.select(0, d).narrow(0, 0, d).add_(at::sum(x, {0}, false, factor.scalar_type()), scale);
+  factor.select(0, d).narrow(0, d, 1).add_(scale * static_cast<double>(x.size(0)));
+}
+
+inline at::Tensor& factor_update_(at::Tensor& factor, const at::Tensor& x, double scale, bool bias,
+                                  const OptTensor& mask) {
+  check_factor_update(factor, x, bias, mask);
+  const int64_t T = x.size(0), d = x.size(1);
   if (T == 0 || d == 0) return factor;
   const auto plan = kfac_factor_plan(d, T, factor.element_size());
   const bool needs_copy = x.scalar_type() != factor.scalar_type() || mask.has_value();
@@ -337,12 +349,15 @@ inline at::Tensor precondition(const at::Tensor& grads, const at::Tensor& QS, co
   return t2;
 }
 
-inline void register_kfac_ops(torch::Library& m) {
-  m.impl("kfac_factor_update_", [](at::Tensor factor, const at::Tensor& x, double scale, bool bias,
-                                   const OptTensor& mask) -> at::Tensor {
-    factor_update_(factor, x, scale, bias, mask);
-    return factor;
-  });
+// with_factor_update = false: the backend registers its own kfac_factor_update_ (CUDA: 16-bit
+// activations on the GEMM engine, kfac_cuda_impl.cpp).
+inline void register_kfac_ops(torch::Library& m, bool with_factor_update = true) {
+  if (with_factor_update)
+    m.impl("kfac_factor_update_", [](at::Tensor factor, const at::Tensor& x, double scale, bool bias,
+                                     const OptTensor& mask) -> at::Tensor {
+      factor_update_(factor, x, scale, bias, mask);
+      return factor;
+    });
   m.impl("kfac_damped_inverse", &damped_inverse);
   m.impl("kfac_eigh", &eigh);
   m.impl("kfac_precondition", &precondition);

@@ -20,6 +20,7 @@
 #include "gemm/gemm.h"
 #include "gemm/transpose_plan.h"
 #include "structops/butterfly.h"
+#include "structops/kfac.h"
 #include "structops/monarch.h"
 
 // ---- host stand-ins for the device code and the CUDA runtime --------------------------------
@@ -416,6 +417,55 @@ static int run_block_butterfly_case(int64_t batch, int64_t nstacks, int64_t nblo
   return ok ? 0 : 1;
 }
 
+// K-FAC factor update on the engine (csrc/cuda/kfac_cuda.cpp): every lower block pair's GEMM
+// description (column-major view of x for the transposed operand, row offsets of token splits,
+// ld = block outputs, edge blocks) against x^T x computed directly.  fp64 runs the arithmetic;
+// bf16 checks the kernel selection only (the host stand-ins do no 16-bit arithmetic).
+static int run_kfac_case(int64_t T, int64_t d, int64_t block, structops::DType dt, structops::GemmEngine engine,
+                         int sms, const char* must_run) {
+  using namespace structops;
+  g_launches.clear();
+  // fp64: a row stride wider than d; bf16: aligned rows, so the tensor-op kernel is eligible
+  const int64_t ld = dt == structops::DType::kFloat64 ? d + 3 : d;
+  std::mt19937 rng(7);
+  std::normal_distribution<double> nd;
+  std::vector<double> x(T * ld);
+  for (auto& v : x) v = nd(rng);
+  std::vector<uint16_t> x16(T * ld, 0);
+  KfacLowerBlocksParams p;
+  p.dtype = dt;
+  p.x = dt == DType::kFloat64 ? static_cast<const void*>(x.data()) : static_cast<const void*>(x16.data());
+  p.x_stride = ld;
+  p.tokens = T;
+  p.d = d;
+  p.block = block;
+  p.cuda.engine = engine;
+  p.cuda.sm_count = sms;
+  const int64_t nl = kfac_num_lower_blocks(d, block);
+  std::vector<double> out(nl * block * block, -7.0);
+  p.out = out.data();
+  std::vector<char> ws(kfac_lower_blocks_cuda_workspace(p) + 256);
+  const char* err = kfac_lower_blocks_cuda(p, {ws.data(), int64_t(ws.size())}, nullptr);
+  double e = 0;
+  if (dt == DType::kFloat64 && !err) {
+    int64_t b = 0;
+    for (int64_t i0 = 0; i0 < d; i0 += block)
+      for (int64_t j0 = 0; j0 <= i0; j0 += block, ++b)
+        for (int64_t i = i0; i < std::min(d, i0 + block); ++i)
+          for (int64_t j = j0; j < std::min(d, j0 + block); ++j) {
+            double ref = 0;
+            for (int64_t t = 0; t < T; ++t) ref += x[t * ld + i] * x[t * ld + j];
+            e = std::max(e, std::fabs(out[b * block * block + (i - i0) * block + (j - j0)] - ref));
+          }
+  }
+  const bool ran = must_run == nullptr || g_launches[must_run] > 0;
+  const bool ok = !err && e < 1e-9 && ran;
+  std::printf("%s kfac lower blocks T=%lld d=%lld block=%lld %s %s: err %.1e%s%s\n", ok ? "ok  " : "FAIL", (long long)T,
+              (long long)d, (long long)block, dt == DType::kFloat64 ? "fp64" : "bf16",
+              engine == GemmEngine::kCublas ? "cublas" : "cutlass", e, err ? " " : "", err ? err : "");
+  return ok ? 0 : 1;
+}
+
 int main() {
   int fails = check_selection();
   fails += check_transposes();
@@ -459,6 +509,12 @@ int main() {
   fails += run_block_butterfly_case(3000, 1, 1, 2, 2, 8, 8, true, GemmEngine::kCutlass, 132, "reduce");  // token splits
   fails += run_block_butterfly_case(6, 3, 1, 3, 2, 20, 12, true, GemmEngine::kCublas, 108, "cublas");
   fails += run_block_butterfly_case(4, 1, 2, 0, 3, 2, 3, true, GemmEngine::kCutlass, 108, nullptr);  // n = 1
+  // K-FAC factor update: (tokens, d, block, dtype, engine, SMs, kernel)
+  fails += run_kfac_case(40, 150, 64, structops::DType::kFloat64, GemmEngine::kCutlass, 108, "dmma");  // 3 blocks, edges
+  fails += run_kfac_case(6000, 70, 64, structops::DType::kFloat64, GemmEngine::kCutlass, 132, "reduce");  // token splits
+  fails += run_kfac_case(37, 129, 128, structops::DType::kFloat64, GemmEngine::kCublas, 108, "cublas");
+  fails += run_kfac_case(0, 20, 64, structops::DType::kFloat64, GemmEngine::kCutlass, 108, nullptr);  // no tokens: zeros
+  fails += run_kfac_case(64, 256, 128, structops::DType::kBFloat16, GemmEngine::kCutlass, 108, "tensorop_large");
   std::printf("%d failed\n", fails);
   return fails ? 1 : 0;
 }

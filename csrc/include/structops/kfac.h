@@ -21,6 +21,8 @@
 
 #include <cstdint>
 
+#include "structops/common.h"
+
 namespace structops {
 
 struct KfacFactorPlan {
@@ -55,5 +57,27 @@ enum class KfacStatus : int8_t {
 // n stored with machine epsilon eps: rounding in the accumulated factor alone perturbs the
 // spectrum by about eps * n * max|lambda|.
 double kfac_default_neg_tol(int64_t n, double eps);
+
+// ---- CUDA: the factor update's block products on the GEMM engine (csrc/cuda/kfac_cuda.cpp) ----
+// out[b] = x[:, I]^T x[:, J] for the lower-triangle block pairs (I, J <= I) of the plan's
+// `block`, in row order (b = I (I + 1) / 2 + J), read straight from 16-bit (or fp32/fp64) x and
+// accumulated in fp32 (fp64 for fp64 x): no cast copy of the activations.  out: (num_lower,
+// block, block) in the accumulation dtype, block b being bi x bj row-major with ld = block (edge
+// blocks are partial).  With the CUTLASS engine long token ranges are split (fp32 partials from
+// the workspace, summed in split order by reduce_splits: deterministic); cuBLAS picks its own
+// split-K.  The torch layer adds scale * out[b] into the factor and mirrors it.
+struct KfacLowerBlocksParams {
+  DType dtype = DType::kBFloat16;  // of x
+  const void* x = nullptr;         // (tokens, d) row-major
+  int64_t x_stride = 0;            // elements between rows of x
+  int64_t tokens = 0, d = 0, block = 0;
+  void* out = nullptr;
+  CudaOptions cuda;
+};
+
+int64_t kfac_num_lower_blocks(int64_t d, int64_t block);
+int64_t kfac_lower_blocks_cuda_workspace(const KfacLowerBlocksParams& p);
+// Returns nullptr on success, else a static message.  stream: a cudaStream_t.
+const char* kfac_lower_blocks_cuda(const KfacLowerBlocksParams& p, CudaWorkspace workspace, void* stream);
 
 }  // namespace structops
