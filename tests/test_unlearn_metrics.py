@@ -239,3 +239,18 @@ def test_klom_direction_is_kl_unlearned_to_oracle():
     assert metrics.klom(u, o)[0] == pytest.approx(math.log(2), rel=1e-9)
     z = 1 + 1e-5  # scipy.stats.entropy renormalises qk = [1, eps]
     assert metrics.binned_kl(o[:, 0], u[:, 0]) == pytest.approx(0.5 * math.log(0.5 * z) + 0.5 * math.log(0.5 * z / 1e-5))
+
+
+def test_option_normalised_probability_is_tofus_probability_w_options():
+    """Hand-computed: length-normalised probabilities 0.5 (correct) and 0.25, 0.125, 0.125
+    (wrong options) give 0.5 / (0.5 + 0.5) = 0.5; a single option equal to the answer gives 0.5;
+    raw probability (0.5) would differ from the normalised value once the options change."""
+    import math
+
+    c = [math.log(0.5), math.log(0.2)]
+    o = [[math.log(0.25), math.log(0.125), math.log(0.125)], [math.log(0.2), math.log(0.6), math.log(1e-9)]]
+    got = metrics.option_normalised_probability(c, o)
+    assert got[0] == pytest.approx(0.5, rel=1e-12)
+    assert got[1] == pytest.approx(0.2 / (0.2 + 0.2 + 0.6 + 1e-9), rel=1e-9)
+    with pytest.raises(ValueError, match=r"\(n, k\)"):
+        metrics.option_normalised_probability(c, [0.1, 0.2])

@@ -302,6 +302,20 @@ def truth_ratio(perturbed_mean_logprob, correct_mean_logprob, mean: str = "geome
     return (num - base).exp().numpy()
 
 
+def option_normalised_probability(correct_mean_logprob, option_mean_logprobs) -> np.ndarray:
+    """TOFU's / open-unlearning's probability on its multiple-choice-like utility sets (real
+    authors, world facts; ``probability_w_options``): the correct answer's length-normalised
+    probability P(a)^(1/|a|) divided by the sum of it and the wrong options' P(a_j)^(1/|a_j|).
+    ``correct_mean_logprob`` (n,), ``option_mean_logprobs`` (n, k) mean per-token log-probs."""
+    base = torch.as_tensor(correct_mean_logprob, dtype=torch.float64)
+    opts = torch.as_tensor(option_mean_logprobs, dtype=torch.float64)
+    if opts.dim() != 2 or base.dim() != 1 or opts.shape[0] != base.shape[0]:
+        raise ValueError(f"option_normalised_probability needs (n,) correct and (n, k) option log-probs, got "
+                         f"{tuple(base.shape)} and {tuple(opts.shape)}")
+    allp = torch.cat([base[:, None], opts], 1)
+    return (base - torch.logsumexp(allp, 1)).exp().numpy()
+
+
 def harmonic_mean(values) -> float:
     v = np.asarray(values, dtype=np.float64)
     if np.any(v <= 0):

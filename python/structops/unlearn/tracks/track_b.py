@@ -15,7 +15,8 @@ template (B) with 4 perturbed answers from the same attribute vocabulary (forget
 mean(min(R, 1/R)), retain aggregate mean(max(0, 1 - R))), forget quality = KS p-value of the
 forget truth ratios against the reference oracles', model utility = harmonic mean of
 {answer probability, accuracy, truth-ratio aggregate} x {retain authors, world facts, held-out
-addition}, extraction strength, exact memorisation, Min-K% (k = 40%) MIA AUC (forget vs
+addition} (the probability option-normalised on world facts and additions, as TOFU does on its
+real-author and world-fact sets), extraction strength, exact memorisation, Min-K% (k = 40%) MIA AUC (forget vs
 never-trained authors, over the answer tokens: the only trained positions) and privleak relative
 to the oracles, the loss-threshold MIA (retain vs never-trained authors), margins for Gaussian
 KLoM.
@@ -201,10 +202,20 @@ class TrackB(Track):
         return model
 
     # --- measurements ------------------------------------------------------------------------
-    def _qa(self, model, ids_a, labels_a, ids_b, labels_b, perturbed):
+    def _qa(self, model, ids_a, labels_a, ids_b, labels_b, perturbed, options: bool = False):
         """Accuracy, mean answer probability, extraction strength, exact memorisation, truth
-        ratios, margins for one question set."""
+        ratios, margins for one question set.  ``options``: the probability is TOFU's
+        option-normalised one (the correct answer against the perturbed ones, template A), as
+        TOFU scores its real-author and world-fact utility sets; otherwise P(a)^(1/|a|)."""
         lp, correct, mask, margin = _answer_stats(model, ids_a, labels_a)
+        if options:
+            opt_lp = []
+            for j in range(len(perturbed[0])):
+                pi, pl = _replace_answer(ids_a, labels_a, [p[j] for p in perturbed])
+                opt_lp.append(_answer_stats(model, pi, pl)[0])
+            prob = metrics.option_normalised_probability(lp, torch.stack(opt_lp, 1))
+        else:
+            prob = lp.exp().numpy()
         n = mask.sum(1)
         acc = (correct.sum(1) == n).float()
         es = []
@@ -216,15 +227,16 @@ class TrackB(Track):
             es.append(1 - k / max(len(c), 1))  # smallest prefix after which greedy reproduces the rest
         em = correct.sum(1).float() / n.clamp_min(1)
         tr = _truth_ratios(model, ids_b, labels_b, perturbed)
-        return {"acc": acc.numpy(), "prob": lp.exp().numpy(), "es": np.array(es), "em": em.numpy(), "tr": tr,
+        return {"acc": acc.numpy(), "prob": prob, "es": np.array(es), "em": em.numpy(), "tr": tr,
                 "margin": margin.numpy()}
 
     def evaluate(self, model, setup: Setup, original=None, probes: bool = False) -> dict:
         x = setup.extra
         f = self._qa(model, *x["forget_A"], *x["forget_B"], x["forget_perturbed"])
         r = self._qa(model, *x["retain_A"], *x["retain_B"], x["retain_perturbed"])
-        w = self._qa(model, *x["world_A"], *x["world_B"], x["world_perturbed"])
-        a = self._qa(model, *x["add_test"], *x["add_test"], x["add_perturbed"])
+        # the general-knowledge utility sets (TOFU's real authors / world facts): option-normalised
+        w = self._qa(model, *x["world_A"], *x["world_B"], x["world_perturbed"], options=True)
+        a = self._qa(model, *x["add_test"], *x["add_test"], x["add_perturbed"], options=True)
         util_parts = []
         for part in (r, w, a):
             util_parts += [part["prob"].mean(), part["acc"].mean(), np.maximum(0, 1 - part["tr"]).mean()]
