@@ -182,15 +182,16 @@ inline std::tuple<at::Tensor, at::Tensor> damped_inverse(const at::Tensor& facto
   const auto plan = kfac_inverse_plan(n, L, static_cast<KfacInverseMethod>(method), factors.is_cuda());
   // Damping as a (L, n) diagonal, so the recursion can hand each block its part.
   const at::Tensor diag = damping.to(factors.scalar_type()).unsqueeze(1).expand({L, n});
-  const at::Tensor input_bad = not_finite_rows(factors);
-  at::Tensor failed = input_bad.clone();
+  // No separate input check: a non-finite factor gives a non-finite result, which is flagged,
+  // retried in float64 and reported as failed (saves a pass over the batch).
+  at::Tensor failed = at::zeros({L}, factors.options().dtype(at::kBool));
   at::Tensor inv = plan.method == KfacInverseMethod::Schur ? schur_inverse(factors, diag, plan.leaf, failed)
                                                            : cholesky_inverse_batch(factors, diag, failed);
   failed.logical_or_(not_finite_rows(inv));
   if (!failed.any().item<bool>()) return {inv, status};  // one host sync per call
   // Redo the failed factors in float64 (already float64: nothing better to try).
   const at::Tensor idx = failed.nonzero().squeeze(1);
-  at::Tensor retry_failed = at::index_select(input_bad, 0, idx);
+  at::Tensor retry_failed = at::zeros({idx.size(0)}, status.options().dtype(at::kBool));
   if (factors.scalar_type() != at::kDouble) {
     at::Tensor m64 = at::index_select(factors, 0, idx).to(at::kDouble);
     at::Tensor d64 = at::index_select(diag, 0, idx).to(at::kDouble);
@@ -243,8 +244,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> eigh(const at::Tensor& fac
   at::Tensor v = at::empty({L, n, n}, factors.options());
   if (L == 0 || n == 0) return {w, v, status};
   at::Tensor m = factors.contiguous();
-  const at::Tensor input_bad = not_finite_rows(m);
-  at::Tensor failed = input_bad.clone();
+  // A non-finite factor yields a non-finite (or thrown) solve: flagged below, no input pass.
+  at::Tensor failed = at::zeros({L}, factors.options().dtype(at::kBool));
   // CPU: factors in parallel over the intra-op threads (LAPACK is single-threaded inside a
   // parallel region, and at n ~ 256 one factor per core beats all cores on one factor).  CUDA:
   // one batched call.  A chunk whose solver throws is retried factor by factor.
@@ -277,7 +278,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> eigh(const at::Tensor& fac
   failed.logical_or_(bad_spectrum(w, v, neg_tol));
   if (!failed.any().item<bool>()) return {w, v, status};
   const at::Tensor idx = failed.nonzero().squeeze(1);
-  at::Tensor retry_failed = at::index_select(input_bad, 0, idx);
+  at::Tensor retry_failed = at::zeros({idx.size(0)}, status.options().dtype(at::kBool));
   if (m.scalar_type() != at::kDouble) {
     at::Tensor m64 = at::index_select(m, 0, idx).to(at::kDouble);
     at::Tensor w64, v64;
