@@ -44,15 +44,10 @@ at::Tensor factor_update_cuda(at::Tensor factor, const at::Tensor& x, double sca
   at::Tensor ws = at::empty({std::max<int64_t>(bytes, 1)}, x.options().dtype(at::kByte));
   const char* err = kfac_lower_blocks_cuda(p, {ws.data_ptr(), bytes}, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == nullptr, "kfac_factor_update (CUDA GEMM engine): ", err);
-  int64_t b = 0;
-  for (int64_t i0 = 0; i0 < d; i0 += plan.block) {
-    const int64_t bi = std::min(plan.block, d - i0);
-    for (int64_t j0 = 0; j0 <= i0; j0 += plan.block, ++b) {
-      const int64_t bj = std::min(plan.block, d - j0);
-      factor.narrow(0, i0, bi).narrow(1, j0, bj).add_(out[b].narrow(0, 0, bi).narrow(1, 0, bj), scale);
-    }
-  }
-  if (bias) add_bias_terms(factor, x, scale);
+  kfac_for_each_lower_block(d, plan.block, [&](int64_t b, int64_t i0, int64_t bi, int64_t j0, int64_t bj) {
+    factor.narrow(0, i0, bi).narrow(1, j0, bj).add_(out[b].narrow(0, 0, bi).narrow(1, 0, bj), scale);
+  });
+  if (bias) add_bias_terms(factor, x, scale, c10::nullopt);
   symmetrize_from_lower(factor);
   return factor;
 }

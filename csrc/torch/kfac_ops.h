@@ -62,11 +62,17 @@ inline void check_factor_update(const at::Tensor& factor, const at::Tensor& x, b
   }
 }
 
-// The bias row (lower triangle) and corner of an unmasked update: column sums and the row count.
-inline void add_bias_terms(at::Tensor& factor, const at::Tensor& x, double scale) {
+// The bias row (lower triangle) and corner: column sums of the (already masked) rows, summed in
+// the factor dtype, and the number of kept rows (`kept`: the 0/1 mask in the factor dtype, or
+// none: every row).
+inline void add_bias_terms(at::Tensor& factor, const at::Tensor& x, double scale, const OptTensor& kept) {
   const int64_t d = x.size(1);
   factor.select(0, d).narrow(0, 0, d).add_(at::sum(x, {0}, false, factor.scalar_type()), scale);
-  factor.select(0, d).narrow(0, d, 1).add_(scale * static_cast<double>(x.size(0)));
+  at::Tensor corner = factor.select(0, d).narrow(0, d, 1);
+  if (kept.has_value())
+    corner.add_(kept->sum().reshape({1}), scale);
+  else
+    corner.add_(scale * static_cast<double>(x.size(0)));
 }
 
 inline at::Tensor& factor_update_(at::Tensor& factor, const at::Tensor& x, double scale, bool bias,
@@ -87,25 +93,10 @@ inline at::Tensor& factor_update_(at::Tensor& factor, const at::Tensor& x, doubl
       xc = xc.to(factor.scalar_type());
       if (mc.has_value()) xc.mul_(mc->unsqueeze(1));
     }
-    for (int64_t i = 0; i < plan.num_blocks; ++i) {
-      const int64_t i0 = i * plan.block, bi = std::min(plan.block, d - i0);
-      if (bi <= 0) break;
-      at::Tensor xi = xc.narrow(1, i0, bi);
-      for (int64_t j = 0; j <= i; ++j) {
-        const int64_t j0 = j * plan.block, bj = std::min(plan.block, d - j0);
-        at::Tensor fij = lower.narrow(0, i0, bi).narrow(1, j0, bj);
-        fij.addmm_(xi.t(), xc.narrow(1, j0, bj), 1.0, scale);
-      }
-    }
-    if (bias) {
-      // bias row (lower triangle): sum of the (masked) rows; corner: the number of kept rows.
-      factor.select(0, d).narrow(0, 0, d).add_(xc.sum(0), scale);
-      at::Tensor corner = factor.select(0, d).narrow(0, d, 1);
-      if (mc.has_value())
-        corner.add_(mc->sum().reshape({1}), scale);
-      else
-        corner.add_(scale * static_cast<double>(tc));
-    }
+    kfac_for_each_lower_block(d, plan.block, [&](int64_t, int64_t i0, int64_t bi, int64_t j0, int64_t bj) {
+      lower.narrow(0, i0, bi).narrow(1, j0, bj).addmm_(xc.narrow(1, i0, bi).t(), xc.narrow(1, j0, bj), 1.0, scale);
+    });
+    if (bias) add_bias_terms(factor, xc, scale, mc);
   }
   symmetrize_from_lower(factor);
   return factor;
@@ -118,6 +109,12 @@ inline at::Tensor& factor_update_(at::Tensor& factor, const at::Tensor& x, doubl
 // which only costs it a float64 retry.
 inline at::Tensor not_finite_rows(const at::Tensor& t) {
   return at::logical_not(at::isfinite(t.reshape({t.size(0), -1}).sum(1)));
+}
+
+// Status of the factors redone in float64 (idx): FellBack, or Failed where the retry failed too.
+inline void mark_retried(at::Tensor& status, const at::Tensor& idx, const at::Tensor& retry_failed) {
+  status.index_fill_(0, idx, static_cast<int64_t>(KfacStatus::FellBack));
+  status.index_fill_(0, idx.masked_select(retry_failed), static_cast<int64_t>(KfacStatus::Failed));
 }
 
 // Cholesky inverse of a batch (lower triangles read), damping (L,) added to the diagonal if given
@@ -204,8 +201,7 @@ inline std::tuple<at::Tensor, at::Tensor> damped_inverse(const at::Tensor& facto
   } else {
     retry_failed.fill_(true);
   }
-  status.index_fill_(0, idx, static_cast<int64_t>(KfacStatus::FellBack));
-  status.index_fill_(0, idx.masked_select(retry_failed), static_cast<int64_t>(KfacStatus::Failed));
+  mark_retried(status, idx, retry_failed);
   return {inv, status};
 }
 
@@ -295,8 +291,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> eigh(const at::Tensor& fac
   } else {
     retry_failed.fill_(true);
   }
-  status.index_fill_(0, idx, static_cast<int64_t>(KfacStatus::FellBack));
-  status.index_fill_(0, idx.masked_select(retry_failed), static_cast<int64_t>(KfacStatus::Failed));
+  mark_retried(status, idx, retry_failed);
   return {w, v, status};
 }
 

@@ -146,6 +146,19 @@ inline bool use_aten_sparse(const at::Tensor& x) {
 
 inline bool native(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
 
+// The operands the forward and backward sparse kernels share: dtype, x (row-major, ldx), the
+// values and the CSR view of the support.
+template <class Params>
+inline void set_sparse_operands(Params& p, at::ScalarType ct, const Shape& s, const at::Tensor& x,
+                                const at::Tensor& values, const Csr& c) {
+  p.dtype = to_dtype(ct);
+  p.tokens = s.tokens;
+  p.x = x.data_ptr();
+  p.ldx = x.stride(0);
+  p.values = values.data_ptr();
+  p.support = c.view(s);
+}
+
 inline at::Tensor forward(const at::Tensor& x_in, const at::Tensor& B_in, const at::Tensor& A_in,
                           const at::Tensor& values_in, const at::Tensor& indices, double scale,
                           const c10::optional<at::Tensor>& bias_in, const c10::optional<at::Tensor>& W0_in) {
@@ -172,15 +185,10 @@ inline at::Tensor forward(const at::Tensor& x_in, const at::Tensor& B_in, const 
     return ct == dt ? y : y.to(dt);
   }
   SparseMatmulForwardParams p;
-  p.dtype = to_dtype(ct);
-  p.tokens = s.tokens;
-  p.x = x.data_ptr();
-  p.ldx = x.stride(0);
+  set_sparse_operands(p, ct, s, x, values, c);
   p.y = y.data_ptr();
   p.ldy = y.stride(0);
   p.accumulate = true;
-  p.values = values.data_ptr();
-  p.support = c.view(s);
   if (s.nnz > 0) sparse_matmul_forward_cpu(p, executor());
   return ct == dt ? y : y.to(dt);
 }
@@ -226,14 +234,9 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ba
     }
   } else if ((mask[0] || mask[3]) && s.nnz > 0) {
     SparseMatmulBackwardParams p;
-    p.dtype = to_dtype(ct);
-    p.tokens = s.tokens;
+    set_sparse_operands(p, ct, s, x, values, c);
     p.g = g.data_ptr();
     p.ldg = g.stride(0);
-    p.x = x.data_ptr();
-    p.ldx = x.stride(0);
-    p.values = values.data_ptr();
-    p.support = c.view(s);
     if (mask[0]) {
       p.grad_x = grad_x.data_ptr();
       p.ldgx = grad_x.stride(0);

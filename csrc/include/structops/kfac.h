@@ -34,6 +34,18 @@ struct KfacFactorPlan {
 // d: factor side without the bias column; tokens; bytes per element of the factor dtype.
 KfacFactorPlan kfac_factor_plan(int64_t d, int64_t tokens, int64_t factor_elem_bytes);
 
+// Calls f(b, i0, bi, j0, bj) for every lower-triangle block pair (I, J <= I) of a d-wide factor
+// cut into `block`-wide blocks, in row order (b = 0, 1, ...: the order kfac_lower_blocks_cuda
+// writes its outputs in); the last block of a row/column may be shorter.
+template <class F>
+void kfac_for_each_lower_block(int64_t d, int64_t block, F&& f) {
+  int64_t b = 0;
+  for (int64_t i0 = 0; i0 < d; i0 += block) {
+    const int64_t bi = block < d - i0 ? block : d - i0;
+    for (int64_t j0 = 0; j0 <= i0; j0 += block, ++b) f(b, i0, bi, j0, block < d - j0 ? block : d - j0);
+  }
+}
+
 enum class KfacInverseMethod : int { Auto = 0, Cholesky = 1, Schur = 2 };
 
 struct KfacInversePlan {

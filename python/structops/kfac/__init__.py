@@ -264,14 +264,13 @@ class KFAC:
                 sums_S[name] = torch.zeros(rows.shape[-1], rows.shape[-1], dtype=self.dtype, device=rows.device)
             kfac_factor_update(sums_S[name], rows, weight)
 
-        self.model_was_training = self.model.training
         n = self._run_passes(batches, on_input, on_grad, "K-FAC factors")
         for name, m in self.modules.items():
             if sums_A[name] is None:
                 raise ValueError(f"KFAC: layer {name!r} was never called on these batches")
             if sums_S[name] is None:  # reached by no loss (e.g. after the scored positions)
                 sums_S[name] = torch.zeros(m.out_features, m.out_features, dtype=self.dtype, device=dev)
-        n = self._all_reduce(sums_A, sums_S, n)
+        n = self._all_reduce([sums_A, sums_S], n)
         if n == 0:
             raise ValueError("KFAC: accumulate got no examples")
         mean = self.loss_fn.reduction == "mean"
@@ -290,15 +289,18 @@ class KFAC:
         return self
 
     @staticmethod
-    def _all_reduce(sums_A, sums_S, n: int) -> int:
+    def _all_reduce(sums: list[dict], n: int) -> int:
+        """Under torch.distributed: every tensor of the dicts summed over ranks (in place) and the
+        example count n; returns the global n.  Without a process group: n."""
         import torch.distributed as dist
         if not (dist.is_available() and dist.is_initialized()):
             return n
-        for d in (sums_A, sums_S):
+        device = None
+        for d in sums:
             for k in d:
                 dist.all_reduce(d[k])
-        t = torch.tensor([float(n)], dtype=torch.float64,
-                         device=next(iter(sums_A.values())).device)
+                device = d[k].device
+        t = torch.tensor([float(n)], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         return int(t.item())
 
@@ -322,14 +324,11 @@ class KFAC:
                                          min_damping=min_damping)
                 for i, n in enumerate(group):
                     damp[(n, 0)], damp[(n, 1)] = dA[i], dS[i]
-        else:
-            for n in names:
-                damp[(n, 0)] = damp[(n, 1)] = torch.tensor(float(damping), dtype=self.dtype)
         out: dict = {}
         for which in (0, 1):
             for shape, group in _group_by_shape(names, lambda n: self.factors[n][which].shape).items():
                 F = torch.stack([self.factors[n][which] for n in group])
-                d = torch.stack([damp[(n, which)].to(F.device) for n in group])
+                d = torch.stack([damp[(n, which)].to(F.device) for n in group]) if pi_damping else float(damping)
                 inv = kfac_damped_inverse(F, d, method=method,
                                           names=[f"{n} ({'A' if which == 0 else 'S'})" for n in group])
                 for i, n in enumerate(group):
@@ -401,14 +400,8 @@ class KFAC:
             return run(fn)
 
         n = self._run_passes(clear_cache_then(batches), on_input, on_grad, "EK-FAC correction")
-        import torch.distributed as dist
+        n = self._all_reduce([lam], n)
         mean = self.loss_fn.reduction == "mean"
-        if dist.is_available() and dist.is_initialized():
-            for k in lam:
-                dist.all_reduce(lam[k])
-            t = torch.tensor([float(n)], dtype=torch.float64)
-            dist.all_reduce(t)
-            n = int(t.item())
         self.corrected_eigenvalues = OrderedDict((k, v / n if mean else v) for k, v in lam.items())
         return self.corrected_eigenvalues
 
