@@ -30,7 +30,7 @@ shared tensor, and every other layer holding it, is left alone).
 
 Both freeze the base layer's parameters, keep it as ``base_layer`` and offer ``delta_weight()``,
 ``merged_weight()`` (W0 + dW, base untouched), ``merge()`` / ``unmerge()`` (in place, idempotent
-errors) and ``forward(x)`` (x (..., in)).
+errors; unmerge restores a floating W0 bit for bit from a copy merge() keeps) and ``forward(x)`` (x (..., in)).
 
 Quantized bases: ``base_linear`` may be a bitsandbytes ``Linear8bitLt`` / ``Linear4bit``.  The
 base then computes its own product and the op adds the adapter branch (weight=None); the bases
@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.randbasis import STRATEGIES, randlora_linear, vera_linear
+from ._merge import has_stash, restore_base_weight, stash_base_weight
 from ..randbasis.bases import shared_randlora_bases, shared_vera_bases
 from ..randbasis.merge import (_bnb_kind, dequantized_weight, merge_delta, randlora_delta_weight,
                                vera_delta_weight)
@@ -130,19 +131,25 @@ class _AdapterBase(nn.Module):
         if self.merged:
             raise RuntimeError(f"{type(self).__name__}.merge(): already merged; call unmerge() first")
         with torch.no_grad():
+            w0 = None if self.quantized_base else self.base_layer.weight.detach().clone()
             try:
                 merge_delta(self.base_layer, self.delta_weight(), +1.0)
             except RuntimeError as e:
                 raise RuntimeError(f"{type(self).__name__}.merge(): {e}") from None
+            if w0 is not None:
+                stash_base_weight(self, w0)
         self.merged = True
 
     def unmerge(self) -> None:
-        """Subtracts dW again (exact up to the base dtype's rounding of W0 + dW; a quantized base is
-        rounded a second time)."""
+        """Restores W0: bit for bit for a floating base (merge() kept a copy:
+        ``structops.nn._merge``); a quantized base gets dW subtracted and is rounded a second time."""
         if not self.merged:
             raise RuntimeError(f"{type(self).__name__}.unmerge(): not merged")
         with torch.no_grad():
-            merge_delta(self.base_layer, self.delta_weight(), -1.0)
+            if has_stash(self):
+                restore_base_weight(self, self.base_layer.weight)
+            else:
+                merge_delta(self.base_layer, self.delta_weight(), -1.0)
         self.merged = False
 
     def _run(self, x: Tensor, fused, unfused_delta) -> Tensor:
