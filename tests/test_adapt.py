@@ -416,6 +416,19 @@ def test_spectrum_store_decomposes_once_and_persists(tmp_path):
     assert again.computed == 1
 
 
+def test_training_never_writes_into_the_spectrum_store():
+    store = ft.SpectrumStore()
+    for method, cfg in (("sst", {"r": 2}), ("svfit", {"energy": 1.0})):
+        model = structops.adapt(_net(), method, target_modules=["mlp.0"], spectrum_store=store, **cfg)
+        cached = [t.clone() for e in store._entries.values() for t in e]
+        _perturb(model)
+        ft.adapter_layers(model)["blocks.0.mlp.0"].load_state_dict(
+            {k: torch.zeros_like(v) for k, v in ft.adapter_layers(model)["blocks.0.mlp.0"].state_dict().items()
+             if not k.startswith("base_layer")}, strict=False)
+        after = [t for e in store._entries.values() for t in e]
+        assert all(torch.equal(a, b) for a, b in zip(cached, after)), method
+
+
 def test_batched_svd_matches_per_matrix():
     ws = {f"w{i}": torch.randn(6, 4, dtype=torch.float64) for i in range(3)} | {"v": torch.randn(3, 5, dtype=torch.float64)}
     out = ft.batched_svd(ws, chunk=2)

@@ -284,8 +284,9 @@ class SVFitLinear(FinetuneAdapter):
         w = base_linear.weight
         fk = {"device": w.device, "dtype": w.dtype}
         self.r = S.shape[0]
-        self.register_buffer("svfit_U", U.detach().to(**fk).contiguous())
-        self.register_buffer("svfit_Vh", Vh.detach().to(**fk).contiguous())
+        # clones: U / S / Vh may be a spectrum store's cached tensors, which must never alias a layer's
+        self.register_buffer("svfit_U", U.detach().to(**fk).clone(memory_format=torch.contiguous_format))
+        self.register_buffer("svfit_Vh", Vh.detach().to(**fk).clone(memory_format=torch.contiguous_format))
         self.register_buffer("svfit_sigma0", S.detach().to(**fk).clone())
         self.svfit_sigma = nn.Parameter(S.detach().to(**fk).clone())
 
@@ -367,9 +368,10 @@ class SSTLinear(FinetuneAdapter):
             raise ValueError(f"SSTLinear: r={r} exceeds the {m} singular pairs given")
         w = base_linear.weight
         fk = {"device": w.device, "dtype": w.dtype}
-        self.sst_U = nn.Parameter(U.detach().to(**fk).contiguous())
+        # clones: never alias a spectrum store's cached tensors (training writes these in place)
+        self.sst_U = nn.Parameter(U.detach().to(**fk).clone(memory_format=torch.contiguous_format))
         self.sst_sigma = nn.Parameter(S.detach().to(**fk).clone())
-        self.sst_Vh = nn.Parameter(Vh.detach().to(**fk).contiguous())
+        self.sst_Vh = nn.Parameter(Vh.detach().to(**fk).clone(memory_format=torch.contiguous_format))
         self.register_buffer("sst_mask", torch.zeros(m, **fk))
         self.resample(generator)
 
