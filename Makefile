@@ -69,6 +69,7 @@ bench: build
 	$(PY) bench/bench_randbasis.py --json bench/results/randbasis.json
 	$(PY) bench/bench_sparse_lowrank.py --json bench/results/sparse_lowrank.json
 	$(PY) bench/bench_kfac.py --json bench/results/kfac.json
+	$(PY) -m structops.finetune.bench --json bench/results/finetune.json --png bench/results/finetune.png
 
 bench-cpp: build
 	$(VENV)/bin/cmake -S . -B build/bench -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja \

@@ -571,3 +571,22 @@ def test_float64_gradcheck_through_adapters():
 
         ps = [m.get_parameter(n).detach().clone().requires_grad_() for n in names]
         assert torch.autograd.gradcheck(f, (x, *ps), atol=1e-6), method
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_adapted_model_compiles_fullgraph(method):
+    """Every adapter's forward and backward trace as one graph (the custom ops' fake kernels and
+    autograd formulas) and give eager's outputs and gradients."""
+    torch._dynamo.reset()
+    model = structops.adapt(_net(), method, target_modules=TARGETS, **CONFIGS[method])
+    _perturb(model)
+    twin = copy.deepcopy(model)
+    x = _x()
+    compiled = torch.compile(twin, backend="aot_eager", fullgraph=True)
+    y, yc = model(x), compiled(x)
+    torch.testing.assert_close(yc, y, rtol=1e-5, atol=1e-6)
+    y.square().mean().backward()
+    yc.square().mean().backward()
+    for (n, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=lambda s: f"{n}: {s}")

@@ -60,6 +60,8 @@ def single_process():
 def test_distributed_training_equals_single_process(distributed_results, single_process, method, wrap, ck):
     got, ref = distributed_results[(method, wrap, ck)], single_process[method]
     assert got["adapted"] == ref["adapted"]
+    # FSDP2 really shards every parameter (frozen base and adapter alike); DDP replicates
+    assert got["sharded_parameters"] == (got["parameters"] if wrap == "fsdp2" else 0)
     torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(ref["losses"]), rtol=1e-5, atol=1e-6)
     assert got["grads"].keys() == ref["grads"].keys() and got["grads"]
     for n in ref["grads"]:

@@ -73,6 +73,8 @@ def train(method: str, wrap: str = "none", steps: int = 3, global_batch: int = 8
         wrapped = model
     else:
         wrapped = model
+    # FSDP2 replaces every parameter by a DTensor sharded on dim 0 across the mesh
+    sharded = sum(1 for p in model.parameters() if any(pl.is_shard() for pl in getattr(p, "placements", ())))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr)
     losses, first_grads = [], {}
@@ -94,7 +96,8 @@ def train(method: str, wrap: str = "none", steps: int = 3, global_batch: int = 8
     final = {n: _full(p).detach().clone().cpu()
              for n, p in zip(names, (q for q in model.parameters() if q.requires_grad))}
     return {"losses": losses, "grads": first_grads, "params": final, "adapted": adapted_modules(model),
-            "trainable": trainable_parameters(model).trainable}
+            "trainable": trainable_parameters(model).trainable, "sharded_parameters": sharded,
+            "parameters": sum(1 for _ in model.parameters())}
 
 
 def main(argv=None) -> None:
