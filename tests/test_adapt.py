@@ -590,3 +590,23 @@ def test_adapted_model_compiles_fullgraph(method):
     for (n, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
         if p.requires_grad:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=lambda s: f"{n}: {s}")
+
+
+@pytest.mark.parametrize("method", ["svfit", "sst"])
+def test_svd_layer_plans_agree_and_auto_follows_the_cost_model(method):
+    outs = {}
+    for strategy in ("factored", "merged"):
+        cfg = dict(CONFIGS[method], strategy=strategy)
+        model = structops.adapt(_net(torch.float64), method, target_modules=TARGETS, **cfg)
+        _perturb(model)
+        y = model(_x(torch.float64))
+        y.square().sum().backward()
+        outs[strategy] = (y.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    torch.testing.assert_close(outs["factored"][0], outs["merged"][0])
+    for n, g in outs["factored"][1].items():
+        torch.testing.assert_close(g, outs["merged"][1][n], msg=lambda s: f"{n}: {s}")
+    x = torch.empty(2048, 1024)
+    assert not L._auto_merged("auto", x, 1024, 1024, 23, need_grad=True)     # SVFit's usual small r: factored
+    assert L._auto_merged("auto", x, 1024, 1024, 1024, need_grad=True)       # SST's full spectrum: merged
+    assert L._auto_merged("auto", x, 1024, 1024, 23, need_grad=False)        # inference, many tokens: merged
+    assert not L._auto_merged("auto", torch.empty(8, 1024), 1024, 1024, 23, need_grad=False)

@@ -33,7 +33,8 @@ Layers (x (..., in) -> (..., out); parameters in the base's dtype unless stated)
   ``svfit_sigma0`` (r,), trainable ``svfit_sigma`` (r,) = σ at init; W' = W0 + U diag(σ − σ0) Vh
   (W = W_r + W_e with W_e frozen, written without storing W_e).  ``strategy``: "factored"
   (x Vhᵀ scaled, times Uᵀ, through ``sparse_lowrank_linear``), "merged" (one GEMM with W'), or
-  "auto" (merged when tokens · (in + out) > in · out).
+  "auto" (a FLOP model: with gradients merged pays only for r ≳ min(in, out) / 6, since it
+  needs the dense weight gradient; without, when tokens · (in + out) > in · out).
 * ``WeLoreLinear(base, U, S, Vh)``: a WeLore low-rank component — trainable ``welore_B`` =
   U√S (out, k), ``welore_A`` = √S Vh (k, in); y = (x Aᵀ)Bᵀ + b (the pruned spectrum is gone:
   a compression).  ``merged_module(factored=True)`` returns a ``LowRankLinear``.
@@ -252,11 +253,19 @@ class ButterflyAdapter(FinetuneAdapter):
         return self.base_layer(self.butterfly(x))
 
 
-def _auto_merged(strategy: str, x: Tensor, in_f: int, out_f: int) -> bool:
-    if strategy == "auto":
-        tokens = x.numel() // max(x.shape[-1], 1)
-        return tokens * (in_f + out_f) > in_f * out_f
-    return strategy == "merged"
+def _auto_merged(strategy: str, x: Tensor, in_f: int, out_f: int, r: int, need_grad: bool) -> bool:
+    """SVFit / SST plan choice by FLOPs beyond the shared x·Wᵀ products (T tokens, rank r):
+    factored: x·Vhᵀ and ·Uᵀ, three times over with gradients — (6 or 2)·T·r·(in + out);
+    merged: forming U diag(σ) Vh (2·out·r·in) and, with gradients, the dense weight gradient
+    gᵀx (2·T·in·out) and its projection onto the factors (4·out·in·r).  So with gradients the
+    merged plan pays only for r above about min(in, out) / 6; without them, above
+    T·(in + out) ≈ in·out."""
+    if strategy != "auto":
+        return strategy == "merged"
+    tokens = x.numel() // max(x.shape[-1], 1)
+    factored = (6 if need_grad else 2) * tokens * r * (in_f + out_f)
+    merged = 2 * out_f * r * in_f + ((2 * tokens * in_f * out_f + 4 * out_f * in_f * r) if need_grad else 0)
+    return merged < factored
 
 
 _STRATEGIES = ("auto", "factored", "merged")
@@ -302,7 +311,8 @@ class SVFitLinear(FinetuneAdapter):
 
     def adapter_forward(self, x: Tensor) -> Tensor:
         base = self.base_layer
-        if _auto_merged(self.strategy, x, self.in_features, self.out_features):
+        need_grad = torch.is_grad_enabled() and self.svfit_sigma.requires_grad
+        if _auto_merged(self.strategy, x, self.in_features, self.out_features, self.r, need_grad):
             return F.linear(x, base.weight + self.delta_weight(), base.bias)
         v, i = _no_sparse(x)
         return sparse_lowrank_linear(x, self.svfit_U * self.delta_sigma(), self.svfit_Vh, v, i, 1.0, base.bias,
@@ -410,7 +420,8 @@ class SSTLinear(FinetuneAdapter):
     def adapter_forward(self, x: Tensor) -> Tensor:
         us, vh = self._factors()
         b = self.base_layer.bias
-        if _auto_merged(self.strategy, x, self.in_features, self.out_features):
+        need_grad = torch.is_grad_enabled() and self.sst_sigma.requires_grad
+        if _auto_merged(self.strategy, x, self.in_features, self.out_features, self.sst_sigma.shape[0], need_grad):
             return F.linear(x, us @ vh, b)
         v, i = _no_sparse(x)
         return sparse_lowrank_linear(x, us, vh, v, i, 1.0, b)
