@@ -1,6 +1,7 @@
 """End-to-end fine-tuning example: every structops method on one small model, offline.
 
     python -m structops.finetune.bench [--json out.json] [--png out.png] [--steps 300] [--quick]
+    python -m structops.finetune.bench --render out.json --png out.png     # re-draw only
 
 The task (no download: scikit-learn ships the data): a ``DigitsTransformer`` (each 8×8 image row
 a token; ``structops.finetune.example_model``) is pretrained on sklearn's digits, then adapted to
@@ -276,7 +277,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="fewer steps, no learning-rate grid (smoke test)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--methods", default=None, help="comma-separated subset")
+    ap.add_argument("--render", metavar="JSON", help="only re-draw --png from a saved JSON")
     a = ap.parse_args(argv)
+    if a.render:
+        if not a.png:
+            ap.error("--render needs --png")
+        render(a.render, a.png)
+        return {}
     from tqdm.auto import tqdm
 
     if a.threads:
@@ -379,25 +386,43 @@ def _plot(rows, path, base_acc):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in rows:
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 4.8))
+    accs = [r["accuracy"] for r in rows]
+    for i, r in enumerate(rows):
         peft_run = r["method"].startswith("peft-")
-        ax1.scatter(r["trainable"], r["accuracy"], marker="s" if peft_run else "o", s=40)
-        ax1.annotate(r["method"], (r["trainable"], r["accuracy"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
-    ax1.axhline(base_acc, color="gray", ls="--", lw=1, label=f"source model, no fine-tuning ({base_acc:.2f})")
+        ax1.scatter(r["trainable"], r["accuracy"], marker="s" if peft_run else "o", s=40, color=f"C{i % 10}")
+        ax1.annotate(r["method"], (r["trainable"], r["accuracy"]), fontsize=8,
+                     xytext=(4, 6 if i % 2 else -11), textcoords="offset points")
     ax1.set_xscale("log")
+    ax1.set_ylim(min(accs) - 0.03, min(1.0, max(accs) + 0.02))
     ax1.set_xlabel("trainable parameters (log)")
     ax1.set_ylabel("test accuracy, rotated digits")
-    ax1.legend(fontsize=8, loc="lower right")
-    ax1.set_title("quality vs trainable parameters")
+    ax1.set_title(f"quality vs trainable parameters (source model: {base_acc:.2f})", fontsize=10)
     names = [r["method"] for r in rows]
     ax2.barh(names, [r["ms_per_step"] for r in rows], color=["C1" if n.startswith("peft-") else "C0" for n in names])
     ax2.invert_yaxis()
     ax2.set_xlabel("ms per training step (median, batch 64, interleaved)")
-    ax2.set_title("step time (orange: peft 0.21.2)")
+    ax2.set_title("step time (orange: peft 0.21.2)", fontsize=10)
+    for i, r in enumerate(rows):
+        if r["method"].startswith("peft-"):
+            continue
+        curve = r.get("train_loss_curve") or []
+        ax3.plot([10 * k for k in range(len(curve))], curve, label=r["method"], color=f"C{i % 10}", lw=1.2)
+    ax3.set_yscale("log")
+    ax3.set_xlabel("step")
+    ax3.set_ylabel("training loss (every 10th step)")
+    ax3.set_title("training loss, best learning rate", fontsize=10)
+    ax3.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def render(json_path: str, png_path: str) -> None:
+    """Re-draw the PNG from a saved JSON (no training)."""
+    with open(json_path) as fh:
+        out = json.load(fh)
+    _plot(out["rows"], png_path, out["meta"]["base_rotated_accuracy"])
 
 
 if __name__ == "__main__":
