@@ -610,3 +610,20 @@ def test_svd_layer_plans_agree_and_auto_follows_the_cost_model(method):
     assert L._auto_merged("auto", x, 1024, 1024, 1024, need_grad=True)       # SST's full spectrum: merged
     assert L._auto_merged("auto", x, 1024, 1024, 23, need_grad=False)        # inference, many tokens: merged
     assert not L._auto_merged("auto", torch.empty(8, 1024), 1024, 1024, 23, need_grad=False)
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_bf16_base_keeps_float32_trainables_and_loads_a_float32_adapter(method, tmp_path):
+    model = structops.adapt(_net(), method, target_modules=TARGETS, **CONFIGS[method])
+    _perturb(model)
+    x = _x()
+    y = model(x).detach()
+    structops.save_adapter(model, str(tmp_path))
+    half = structops.load_adapter(_net().to(torch.bfloat16), str(tmp_path))
+    yh = half(x.to(torch.bfloat16))
+    assert yh.dtype == torch.bfloat16
+    want = torch.bfloat16 if method in ("monarch", "butterfly") else torch.float32
+    assert {p.dtype for p in half.parameters() if p.requires_grad} == {want}
+    assert float((yh.float() - y).norm() / y.norm()) < 3e-2
+    yh.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == p.dtype for p in half.parameters() if p.requires_grad)

@@ -1,4 +1,5 @@
-"""Every adapter method trains under DDP and FSDP2 (fully_shard) and with activation
+"""Every adapter method — and a model made only of structops layers (Blockdiag, Monarch,
+Butterfly, ButterflyUnitary, SLTrain) — trains under DDP and FSDP2 (fully_shard) and with activation
 checkpointing, on CPU with the gloo backend and 2 processes: losses, first-step gradients and
 final parameters equal single-process training on the whole batch (float32 tolerance).
 
@@ -20,7 +21,7 @@ from structops.finetune.torchrun_example import DIST_CONFIGS, train
 pytestmark = pytest.mark.distributed
 
 CASES = [(m, w, ck) for m in sorted(DIST_CONFIGS) for (w, ck) in (("ddp", False), ("fsdp2", False), ("fsdp2", True))]
-CASES += [("lora", "ddp", True), ("svfit", "ddp", True)]
+CASES += [("lora", "ddp", True), ("svfit", "ddp", True), ("layers", "ddp", False), ("layers", "fsdp2", False)]
 
 
 def _free_port() -> int:
@@ -53,7 +54,7 @@ def distributed_results(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single_process():
     torch.set_num_threads(1)
-    return {m: train(m, "none", steps=3, global_batch=8) for m in DIST_CONFIGS}
+    return {m: train(m, "none", steps=3, global_batch=8) for m in list(DIST_CONFIGS) + ["layers"]}
 
 
 @pytest.mark.parametrize("method, wrap, ck", CASES, ids=[f"{m}-{w}{'-ckpt' if c else ''}" for m, w, c in CASES])

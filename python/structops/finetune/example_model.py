@@ -10,6 +10,11 @@ logits (batch, n_classes).  Token embedding ``embed`` (8 -> d) plus a learned po
 activation checkpointing (``torch.utils.checkpoint``).
 
 ``ADAPT_TARGETS`` = the attention and MLP projections (peft's list rule).
+
+``StructuredLayersNet()``: the same task (x (batch, 8, 8) -> 10 logits) built only from structops
+layers trained from scratch — ``BlockdiagLinear``, ``MonarchLinear``, ``Butterfly``,
+``ButterflyUnitary`` (real part of its complex output) and ``SLTrainLinear`` — so the
+distributed tests cover the layers themselves, not only the adapters.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-__all__ = ["DigitsTransformer", "ADAPT_TARGETS"]
+__all__ = ["DigitsTransformer", "StructuredLayersNet", "ADAPT_TARGETS"]
 
 ADAPT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"]
 
@@ -80,3 +85,30 @@ class DigitsTransformer(nn.Module):
         for blk in self.blocks:
             h = _checkpoint(blk, h, use_reentrant=False) if self.checkpoint and self.training else blk(h)
         return self.head(self.norm(h).mean(1))
+
+
+class _Real(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x).real
+
+
+class StructuredLayersNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        from ..nn import BlockdiagLinear, Butterfly, ButterflyUnitary, MonarchLinear, SLTrainLinear
+
+        self.blocks = nn.ModuleList([
+            BlockdiagLinear(64, 64, nblocks=4), MonarchLinear(64, 128, nblocks=4), Butterfly(128, 64, bias=True),
+            _Real(ButterflyUnitary(64, 64, bias=False)), SLTrainLinear(64, 64, rank=8, density=0.05),
+        ])
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        h = x.reshape(x.shape[0], 64)
+        for blk in self.blocks:
+            h = F.gelu(blk(h))
+        return self.head(h)

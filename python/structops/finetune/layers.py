@@ -11,7 +11,10 @@ Every layer keeps the original linear as ``base_layer`` (frozen; never written e
 * ``merged_module()``: a new ``nn.Linear`` (or ``LowRankLinear`` for WeLore's factored form)
   with the adapted weight, for ``merge_and_unload``.
 
-Layers (x (..., in) -> (..., out); parameters in the base's dtype unless stated):
+Layers (x (..., in) -> (..., out)).  Trainable values are float32 for a bfloat16 / float16 base
+(cast to the input's dtype in forward, as peft's ``autocast_adapter_dtype=True``), the base's
+dtype otherwise; Monarch and butterfly factors stay in the base's dtype (their ops take one
+dtype).
 
 * ``LoRALinear(base, r=8, alpha=8, dropout=0)``: peft's LoRA — ``lora_A`` (r, in)
   kaiming-uniform(a=√5), ``lora_B`` (out, r) = 0, scaling alpha / r; y = base(x) + s·(x Aᵀ)Bᵀ,
@@ -104,6 +107,10 @@ class FinetuneAdapter(nn.Module):
         for p in base_linear.parameters():
             p.requires_grad_(False)
         self.in_features, self.out_features = base_linear.in_features, base_linear.out_features
+        w = base_linear.weight
+        # trainable values of a bf16 / fp16 base are kept in float32 and cast to the input's dtype
+        # in forward (peft's autocast_adapter_dtype=True); fp32 / fp64 bases: their own dtype
+        self.master_dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
         self.merged = False
 
     # subclasses: adapted_weight() and adapter_forward(x)
@@ -153,9 +160,10 @@ class LoRALinear(FinetuneAdapter):
             raise ValueError(f"{cls}: dropout must be in [0, 1), got {dropout!r}")
         w = base_linear.weight
         self.alpha, self.scaling = float(alpha), float(alpha) / self.r
-        self.lora_A = nn.Parameter(torch.empty(self.r, self.in_features, device=w.device, dtype=w.dtype))
+        md = self.master_dtype
+        self.lora_A = nn.Parameter(torch.empty(self.r, self.in_features, device=w.device, dtype=md))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.r, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.r, device=w.device, dtype=md))
         self.dropout = nn.Dropout(float(dropout)) if dropout > 0 else nn.Identity()
 
     def delta_weight(self) -> Tensor:
@@ -167,10 +175,11 @@ class LoRALinear(FinetuneAdapter):
 
     def adapter_forward(self, x: Tensor) -> Tensor:
         base = self.base_layer
+        a, b = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
         if self.training and isinstance(self.dropout, nn.Dropout):
-            return base(x) + self.scaling * F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+            return base(x) + self.scaling * F.linear(F.linear(self.dropout(x), a), b)
         v, i = _no_sparse(x)
-        return sparse_lowrank_linear(x, self.lora_B, self.lora_A, v, i, self.scaling, base.bias, base.weight)
+        return sparse_lowrank_linear(x, b, a, v, i, self.scaling, base.bias, base.weight)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, scaling={self.scaling:g}"
@@ -186,11 +195,12 @@ class SLTrainAdapter(FinetuneAdapter):
         self.scale = self.alpha / self.rank
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         self.register_buffer("sparse_index", random_support(self.out_features, self.in_features, density, gen).to(w.device))
-        a = torch.empty(self.rank, self.in_features, dtype=w.dtype)
+        md = self.master_dtype
+        a = torch.empty(self.rank, self.in_features, dtype=md)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=gen)
         self.lora_A = nn.Parameter(a.to(w.device))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=w.device, dtype=w.dtype))
-        self.sparse_value = nn.Parameter(torch.zeros(self.sparse_index.numel(), device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=w.device, dtype=md))
+        self.sparse_value = nn.Parameter(torch.zeros(self.sparse_index.numel(), device=w.device, dtype=md))
 
     def adapted_weight(self) -> Tensor:
         with torch.no_grad():
@@ -199,8 +209,9 @@ class SLTrainAdapter(FinetuneAdapter):
 
     def adapter_forward(self, x: Tensor) -> Tensor:
         base = self.base_layer
-        return sparse_lowrank_linear(x, self.lora_B, self.lora_A, self.sparse_value, self.sparse_index, self.scale,
-                                     base.bias, base.weight)
+        dt = x.dtype
+        return sparse_lowrank_linear(x, self.lora_B.to(dt), self.lora_A.to(dt), self.sparse_value.to(dt), self.sparse_index,
+                                     self.scale, base.bias, base.weight)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
@@ -296,14 +307,15 @@ class SVFitLinear(FinetuneAdapter):
         # clones: U / S / Vh may be a spectrum store's cached tensors, which must never alias a layer's
         self.register_buffer("svfit_U", U.detach().to(**fk).clone(memory_format=torch.contiguous_format))
         self.register_buffer("svfit_Vh", Vh.detach().to(**fk).clone(memory_format=torch.contiguous_format))
-        self.register_buffer("svfit_sigma0", S.detach().to(**fk).clone())
-        self.svfit_sigma = nn.Parameter(S.detach().to(**fk).clone())
+        self.register_buffer("svfit_sigma0", S.detach().to(device=w.device, dtype=self.master_dtype).clone())
+        self.svfit_sigma = nn.Parameter(S.detach().to(device=w.device, dtype=self.master_dtype).clone())
 
     def delta_sigma(self) -> Tensor:
         return self.svfit_sigma - self.svfit_sigma0
 
     def delta_weight(self) -> Tensor:
-        return (self.svfit_U * self.delta_sigma()) @ self.svfit_Vh
+        md = self.master_dtype
+        return (self.svfit_U.to(md) * self.delta_sigma()) @ self.svfit_Vh.to(md)
 
     def adapted_weight(self) -> Tensor:
         with torch.no_grad():
@@ -313,10 +325,10 @@ class SVFitLinear(FinetuneAdapter):
         base = self.base_layer
         need_grad = torch.is_grad_enabled() and self.svfit_sigma.requires_grad
         if _auto_merged(self.strategy, x, self.in_features, self.out_features, self.r, need_grad):
-            return F.linear(x, base.weight + self.delta_weight(), base.bias)
+            return F.linear(x, base.weight + self.delta_weight().to(x.dtype), base.bias)
         v, i = _no_sparse(x)
-        return sparse_lowrank_linear(x, self.svfit_U * self.delta_sigma(), self.svfit_Vh, v, i, 1.0, base.bias,
-                                     base.weight)
+        return sparse_lowrank_linear(x, self.svfit_U * self.delta_sigma().to(x.dtype), self.svfit_Vh, v, i, 1.0,
+                                     base.bias, base.weight)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, strategy={self.strategy!r}"
@@ -325,12 +337,12 @@ class SVFitLinear(FinetuneAdapter):
 class LowRankLinear(nn.Module):
     """y = (x Aᵀ) Bᵀ + bias with A (k, in), B (out, k): two skinny GEMMs (WeLore's LowRankLayer)."""
 
-    def __init__(self, B: Tensor, A: Tensor, bias: Tensor | None = None):
+    def __init__(self, B: Tensor, A: Tensor, bias: Tensor | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         self.out_features, self.rank = B.shape
         self.in_features = A.shape[1]
-        self.weight_B = nn.Parameter(B.detach().clone())
-        self.weight_A = nn.Parameter(A.detach().clone())
+        self.weight_B = nn.Parameter(B.detach().to(dtype or B.dtype).clone())
+        self.weight_A = nn.Parameter(A.detach().to(dtype or A.dtype).clone())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -347,20 +359,21 @@ class WeLoreLinear(FinetuneAdapter):
         w = base_linear.weight
         root = S.detach().clamp_min(0).sqrt()
         self.rank = S.shape[0]
-        self.welore_B = nn.Parameter((U.detach() * root).to(device=w.device, dtype=w.dtype).contiguous())
-        self.welore_A = nn.Parameter((root[:, None] * Vh.detach()).to(device=w.device, dtype=w.dtype).contiguous())
+        md = self.master_dtype
+        self.welore_B = nn.Parameter((U.detach() * root).to(device=w.device, dtype=md).contiguous())
+        self.welore_A = nn.Parameter((root[:, None] * Vh.detach()).to(device=w.device, dtype=md).contiguous())
 
     def adapted_weight(self) -> Tensor:
         with torch.no_grad():
             return self.welore_B @ self.welore_A
 
     def adapter_forward(self, x: Tensor) -> Tensor:
-        return F.linear(F.linear(x, self.welore_A), self.welore_B, self.base_layer.bias)
+        return F.linear(F.linear(x, self.welore_A.to(x.dtype)), self.welore_B.to(x.dtype), self.base_layer.bias)
 
     def merged_module(self, factored: bool = True) -> nn.Module:
         if not factored:
             return super().merged_module()
-        return LowRankLinear(self.welore_B, self.welore_A, self.base_layer.bias)
+        return LowRankLinear(self.welore_B, self.welore_A, self.base_layer.bias, dtype=self.base_layer.weight.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
@@ -377,7 +390,7 @@ class SSTLinear(FinetuneAdapter):
         if self.r > m:
             raise ValueError(f"SSTLinear: r={r} exceeds the {m} singular pairs given")
         w = base_linear.weight
-        fk = {"device": w.device, "dtype": w.dtype}
+        fk = {"device": w.device, "dtype": self.master_dtype}
         # clones: never alias a spectrum store's cached tensors (training writes these in place)
         self.sst_U = nn.Parameter(U.detach().to(**fk).clone(memory_format=torch.contiguous_format))
         self.sst_sigma = nn.Parameter(S.detach().to(**fk).clone())
@@ -413,12 +426,16 @@ class SSTLinear(FinetuneAdapter):
         vh = self.sst_Vh * mask[:, None] + (self.sst_Vh * (1 - mask[:, None])).detach()
         return u * self.sst_sigma, vh
 
+    def _factors_in(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        us, vh = self._factors()
+        return us.to(dtype), vh.to(dtype)
+
     def adapted_weight(self) -> Tensor:
         with torch.no_grad():
             return (self.sst_U * self.sst_sigma) @ self.sst_Vh
 
     def adapter_forward(self, x: Tensor) -> Tensor:
-        us, vh = self._factors()
+        us, vh = self._factors_in(x.dtype)
         b = self.base_layer.bias
         need_grad = torch.is_grad_enabled() and self.sst_sigma.requires_grad
         if _auto_merged(self.strategy, x, self.in_features, self.out_features, self.sst_sigma.shape[0], need_grad):

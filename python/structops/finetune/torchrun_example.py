@@ -11,6 +11,9 @@ contiguous share of every global batch; the loss is the mean over the global bat
 gradients equal single-process training on the whole batch (``tests/test_adapt_distributed.py``
 checks losses and gradients within float32 tolerance, gloo, 2 processes).
 
+``--method layers`` trains a model made only of structops layers (``StructuredLayersNet``) from
+scratch instead of adapting one.
+
 ``train(method, wrap, steps, global_batch, checkpoint, config, device) -> dict`` is the same loop
 as a function (``wrap="none"`` is the single-process reference): the losses, the first step's
 gradients and the final trainable parameters by name (full tensors on every rank).
@@ -26,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .adapt import adapt, adapted_modules, trainable_parameters
-from .example_model import ADAPT_TARGETS, DigitsTransformer
+from .example_model import ADAPT_TARGETS, DigitsTransformer, StructuredLayersNet
 
 __all__ = ["train", "synthetic_batches", "main"]
 
@@ -52,8 +55,11 @@ def train(method: str, wrap: str = "none", steps: int = 3, global_batch: int = 8
     if wrap not in ("none", "ddp", "fsdp2"):
         raise ValueError(f"train: wrap must be 'none', 'ddp' or 'fsdp2', got {wrap!r}")
     torch.manual_seed(seed)
-    model = DigitsTransformer(checkpoint=checkpoint).to(device)
-    adapt(model, method, target_modules=ADAPT_TARGETS, **(DIST_CONFIGS[method] if config is None else config))
+    if method == "layers":  # structops layers trained from scratch (no adapter)
+        model = StructuredLayersNet().to(device)
+    else:
+        model = DigitsTransformer(checkpoint=checkpoint).to(device)
+        adapt(model, method, target_modules=ADAPT_TARGETS, **(DIST_CONFIGS[method] if config is None else config))
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     rank, world = (dist.get_rank(), dist.get_world_size()) if wrap != "none" else (0, 1)
     if global_batch % world:
@@ -95,14 +101,16 @@ def train(method: str, wrap: str = "none", steps: int = 3, global_batch: int = 8
         losses.append(float(g))
     final = {n: _full(p).detach().clone().cpu()
              for n, p in zip(names, (q for q in model.parameters() if q.requires_grad))}
-    return {"losses": losses, "grads": first_grads, "params": final, "adapted": adapted_modules(model),
+    return {"losses": losses, "grads": first_grads, "params": final,
+            "adapted": adapted_modules(model) if method != "layers" else [],
             "trainable": trainable_parameters(model).trainable, "sharded_parameters": sharded,
             "parameters": sum(1 for _ in model.parameters())}
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--method", default="lora", choices=sorted(DIST_CONFIGS))
+    ap.add_argument("--method", default="lora", choices=sorted(DIST_CONFIGS) + ["layers"],
+                    help="an adapter method, or 'layers' (structops layers trained from scratch)")
     ap.add_argument("--wrap", default="ddp", choices=["ddp", "fsdp2"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--global-batch", type=int, default=32)
