@@ -150,6 +150,13 @@ def _perturb(model, seed=3):
                 p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
+def _adapted(method, dtype=torch.float32, targets=TARGETS):
+    """A perturbed (so not equal to the base) adapted _net and the output on _x()."""
+    model = structops.adapt(_net(dtype), method, target_modules=targets, **CONFIGS[method])
+    _perturb(model)
+    return model, model(_x(dtype)).detach()
+
+
 def _x(dtype=torch.float32, n=9):
     return torch.randn(n, 12, generator=torch.Generator().manual_seed(7), dtype=dtype)
 
@@ -231,10 +238,8 @@ def test_method_forward_grads_and_frozen_base(method):
 
 @pytest.mark.parametrize("method", list(CONFIGS))
 def test_merge_unmerge_bit_exact_and_merge_and_unload(method):
-    model = structops.adapt(_net(), method, target_modules=TARGETS, **CONFIGS[method])
-    _perturb(model)
+    model, y = _adapted(method)
     x = _x()
-    y = model(x).detach()
     w0 = {n: m.base_layer.weight.detach().clone() for n, m in ft.adapter_layers(model).items()}
     ft.merge(model)
     torch.testing.assert_close(model(x), y, rtol=1e-4, atol=1e-5)
@@ -267,10 +272,8 @@ def test_subtracting_the_delta_would_not_be_bit_exact():
 
 @pytest.mark.parametrize("method", list(CONFIGS))
 def test_save_load_round_trip(method, tmp_path):
-    model = structops.adapt(_net(), method, target_modules=TARGETS, **CONFIGS[method])
-    _perturb(model)
+    model, y = _adapted(method)
     x = _x()
-    y = model(x).detach()
     info = structops.save_adapter(model, str(tmp_path))
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     assert cfg["method"] == method and cfg["target_modules"] == structops.adapted_modules(model)
@@ -287,10 +290,8 @@ def test_save_load_round_trip(method, tmp_path):
 
 @pytest.mark.parametrize("method", ["randlora", "vera"])
 def test_shared_bases_stored_once_or_regenerated(method, tmp_path):
-    model = structops.adapt(_net(), method, target_modules=TARGETS, **CONFIGS[method])
-    _perturb(model)
+    model, y = _adapted(method)
     x = _x()
-    y = model(x).detach()
     structops.save_adapter(model, str(tmp_path / "full"))
     cfg = json.loads((tmp_path / "full" / "adapter_config.json").read_text())
     from safetensors import safe_open
@@ -372,11 +373,12 @@ def test_energy_rank_and_svfit_ranks():
 
 
 def test_welore_allocation_rule_table_and_search():
-    spectra = {"a": torch.tensor([10.0, 5.0, 1.0, 0.5, 0.0]), "b": torch.tensor([4.0, 3.9, 3.8, 0.1])}
-    # min-max: a -> [1, .5, .1, .05, 0]; b -> [1, .974, .949, 0]
-    ranks, red, tau = ft.welore_ranks(spectra, tau=0.2)
-    assert ranks == {"a": 2, "b": 3} and red == pytest.approx(4 / 9) and tau == 0.2
-    ranks, red, _ = ft.welore_ranks(spectra, tau=0.2, min_ratio=0.5)  # b prunes 1/4 <= 0.5: N-LRC
+    spectra = {"a": torch.tensor([10.0, 5.0, 1.0, 0.5, 0.0]), "b": torch.tensor([4.0, 2.2, 2.0, 1.0])}
+    # min-max: a -> [1, .5, .1, .05, 0]; b -> [1, .4, .333, 0] (b's min is not 0: (s - min) / max
+    # would give [.75, .3, .25, 0] and prune 3)
+    ranks, red, tau = ft.welore_ranks(spectra, tau=0.35)
+    assert ranks == {"a": 2, "b": 2} and red == pytest.approx(5 / 9) and tau == 0.35
+    ranks, red, _ = ft.welore_ranks(spectra, tau=0.35, min_ratio=0.5)  # b prunes 2/4, not > 0.5: N-LRC
     assert ranks == {"a": 2, "b": None} and red == pytest.approx(3 / 9)
     _, red, tau = ft.welore_ranks(spectra, target_reduction=0.5)
     assert red >= 0.5 and ft.welore_ranks(spectra, tau=tau * 0.999)[1] < 0.5
@@ -614,10 +616,8 @@ def test_svd_layer_plans_agree_and_auto_follows_the_cost_model(method):
 
 @pytest.mark.parametrize("method", list(CONFIGS))
 def test_bf16_base_keeps_float32_trainables_and_loads_a_float32_adapter(method, tmp_path):
-    model = structops.adapt(_net(), method, target_modules=TARGETS, **CONFIGS[method])
-    _perturb(model)
+    model, y = _adapted(method)
     x = _x()
-    y = model(x).detach()
     structops.save_adapter(model, str(tmp_path))
     half = structops.load_adapter(_net().to(torch.bfloat16), str(tmp_path))
     yh = half(x.to(torch.bfloat16))
@@ -627,3 +627,25 @@ def test_bf16_base_keeps_float32_trainables_and_loads_a_float32_adapter(method, 
     assert float((yh.float() - y).norm() / y.norm()) < 3e-2
     yh.float().square().mean().backward()
     assert all(p.grad is not None and p.grad.dtype == p.dtype for p in half.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("method, cfg", [("lora", {"r": 4}), ("randlora", {"r": 8, "alpha": 16}),
+                                         ("svfit", {"energy": 0.9}), ("welore", {"target_reduction": 0.3})])
+def test_hugging_face_causal_lm_all_linear_round_trip(method, cfg, tmp_path):
+    """A tiny Llama: all-linear leaves lm_head alone; train a step, save, reload into a fresh
+    model with the same weights, same logits."""
+    torch.manual_seed(0)
+    base = tiny_hf("llama")
+    sd = copy.deepcopy(base.state_dict())
+    ids = torch.randint(0, 64, (2, 7))
+    model = structops.adapt(base, method, target_modules="all-linear", **cfg)
+    assert "lm_head" not in structops.adapted_modules(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    logits = model(input_ids=ids).logits.detach()
+    structops.save_adapter(model, str(tmp_path))
+    fresh = tiny_hf("llama")
+    fresh.load_state_dict(sd)
+    structops.load_adapter(fresh, str(tmp_path))
+    assert torch.equal(fresh(input_ids=ids).logits, logits)
