@@ -271,9 +271,27 @@ def test_representation_projection_accumulates(memorised):
 def test_prune_then_unlearn_keeps_masks(memorised):
     model, forget, retain = memorised
     out = unlearn.prune_then_unlearn(model, forget, retain, sparsity=0.6, unlearner_kwargs=dict(lr=0.1, epochs=5))
-    w = torch.cat([m.weight.reshape(-1) for m in out.modules() if isinstance(m, nn.Linear)])
-    assert (w == 0).float().mean() >= 0.6 - 1e-6  # masked weights stayed zero through fine-tuning
+    body, head = [m for m in out.modules() if isinstance(m, nn.Linear)]
+    assert (body.weight == 0).float().mean() == pytest.approx(0.6, abs=1 / body.weight.numel())  # stayed zero
+    assert (head.weight != 0).all()  # the output head is not pruned (Unlearn-Sparse leaves the classifier)
     assert not any("weight_orig" in n for n, _ in out.named_parameters())
+
+
+def test_prune_then_unlearn_on_a_sparse_original_keeps_its_mask():
+    """Given Unlearn-Sparse's sparse original, OMP at the same rate re-selects exactly its zeros."""
+    from structops.unlearn.tracks.track_a import TrackA
+
+    t = TrackA(max_iter=200)
+    s = t.setup("mislabel", 1)
+    sparse = t.train_variant(s.train, 0, "sparse-0.8")
+    zeros = sparse.fc1.weight == 0
+    assert int(zeros.sum()) == round(0.8 * zeros.numel()) and (sparse.fc2.weight != 0).all()
+    out = unlearn.prune_then_unlearn(sparse, s.forget, s.retain, sparsity=0.8, unlearner_kwargs=dict(lr=0.1, epochs=2))
+    assert torch.equal(out.fc1.weight == 0, zeros)
+    assert not torch.equal(out.fc1.weight, sparse.fc1.weight)  # it did train
+    assert unlearn.methods.original_variant("prune_then_unlearn", {"sparsity": 0.8}) == "sparse-0.8"
+    assert unlearn.methods.original_variant("iau", {"lr": 1e-3}) == "gr-0.005"
+    assert unlearn.methods.original_variant("finetune", {}) == "dense"
 
 
 # ---------------------------------------------------------------------------------------------

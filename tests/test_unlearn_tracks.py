@@ -32,6 +32,80 @@ def test_track_a_setups(scenario):
     assert all(torch.equal(a, b) for a, b in zip(s.forget, s2.forget))
 
 
+def _batch_grad_norm(model, data):
+    from structops.unlearn.tracks.track_a import GR_BATCH
+
+    x, y = data
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    out, total, nb = model(x), 0.0, 0
+    for i in range(0, len(y), GR_BATCH):
+        b = order[i:i + GR_BATCH]
+        g = torch.autograd.grad(torch.nn.functional.cross_entropy(out[b], y[b]), list(model.parameters()),
+                                retain_graph=True)
+        total += sum(float(t.norm()) for t in g)
+        nb += 1
+    return total / nb
+
+
+def test_track_a_variant_originals():
+    """sparse-<rate>: the hidden layer pruned to exactly the rate, the head dense, the survivors
+    retrained from the seed's initialisation (not the dense weights masked); gr-<alpha>: the
+    mini-batch gradient norms IAU restricts shrink (effect size, at a large alpha); both
+    deterministic; an unknown variant is a clear error."""
+    t = TrackA(max_iter=300)
+    s = t.setup("mislabel", 1)
+    dense = t.train(s.train, 3)
+    sparse = t.train_variant(s.train, 3, "sparse-0.8")
+    w = sparse.fc1.weight.detach()
+    assert int((w == 0).sum()) == round(0.8 * w.numel()) and (sparse.fc2.weight != 0).all()
+    kept = w != 0
+    assert not torch.allclose(w[kept], dense.fc1.weight[kept], atol=1e-3)  # rewound and retrained
+    assert torch.equal(t.train_variant(s.train, 3, "sparse-0.8").fc1.weight, w)
+    gr = t.train_variant(s.train, 3, "gr-0.1")
+    assert _batch_grad_norm(gr, s.train) < 0.7 * _batch_grad_norm(dense, s.train)
+    with pytest.raises(ValueError, match="unknown original variant"):
+        t.train_variant(s.train, 3, "lottery-3")
+    assert TrackA().supports_variant("sparse-0.95") and not TrackB().supports_variant("gr-0.005")
+
+
+def test_protocol_runs_methods_on_their_variant_originals(tmp_path):
+    """prune_then_unlearn starts from sparse originals (and is also scored against sparse
+    oracles), iau from gradient-restriction-trained ones; the variant originals are reported as
+    arms of their own; a track without variants falls back to the ordinary original and says so."""
+
+    class QuickA(TrackA):
+        def grid(self, method):
+            return super().grid(method)[-1:]  # one config per method: sparsity 0.95 / the largest lr
+
+    cfg = protocol.ProtocolConfig(seeds=2, tune_seeds=1, tune_oracles=2, fresh_splits=(1,), bootstrap=0,
+                                  stability_resamples=0, methods=("prune_then_unlearn", "iau"), workers=1,
+                                  cache_dir=str(tmp_path), probes=False, progress=False)
+    r = protocol.run_protocol(QuickA(max_iter=150), "mislabel", cfg)
+    v = r["original_variants"]
+    assert v["prune_then_unlearn"]["chosen"] == "sparse-0.95" and v["iau"]["chosen"] == "gr-0.005"
+    rep = r["report"]["1"]
+    for arm in ("original@sparse-0.95", "original@gr-0.005"):
+        assert arm in rep
+    assert "vs_sparse_oracles" in rep["prune_then_unlearn"] and "vs_sparse_oracles" in rep["original@sparse-0.95"]
+    # a sparse original really is less accurate on the test set than the dense one here
+    assert rep["original@sparse-0.95"]["acc_test"] < rep["original"]["acc_test"]
+    files = os.listdir(tmp_path / "trackA")
+    assert sum(f.startswith("original@sparse-0.95") and f.endswith(".pt") for f in files) == 1 + 2
+    assert sum(f.startswith("oracle@sparse-0.95") and f.endswith(".pt") for f in files) == 2
+    assert sum(f.startswith("original@gr-0.005") and f.endswith(".pt") for f in files) == 1 + 2
+    table = bench.render_pooled(r)
+    assert "| original@sparse-0.95 |" in table and "| arm (vs sparse oracles) |" in table
+
+    class NoVariants(QuickA):
+        variants = ()
+
+    r = protocol.run_protocol(NoVariants(max_iter=150), "mislabel", cfg)
+    assert r["original_variants"]["iau"] == {"chosen": "dense", "oracle_free": "dense",
+                                             "unsupported_by_track": "gr-0.005"}
+    assert not any(k.startswith("original@") for k in r["report"]["1"])
+    assert "vs sparse oracles" not in bench.render_pooled(r)
+
+
 def test_track_b_setup_and_metrics_on_untrained_model():
     t = TrackB()
     s = t.setup("forget05", 1)

@@ -134,7 +134,26 @@ def render_pooled(res: dict) -> str:
                 st = res.get("stability", {}).get(method)
                 row.append(f"{st['chosen_share']:.2f}" if st and arm == method else "—")
         lines.append("| " + " | ".join(row) + " |")
-    return head + "\n\n" + "\n".join(lines)
+    return head + "\n\n" + "\n".join(lines) + _render_vs_sparse(res, splits)
+
+
+def _render_vs_sparse(res: dict, splits) -> str:
+    """For runs with sparse originals: those arms scored against sparse oracles (Unlearn-Sparse's
+    comparison), mean over the forget sets; empty otherwise."""
+    first = res["report"][str(splits[0])]
+    arms = [a for a in first if not a.startswith("_") and "vs_sparse_oracles" in first[a]]
+    if not arms:
+        return ""
+    cols = [("accF", "acc_forget"), ("accR", "acc_retain"), ("accT", "acc_test"), ("gKLoM F p50", "gklom_forget_p50"),
+            ("gKLoM T p50", "gklom_test_p50")]
+    lines = ["| arm (vs sparse oracles) | " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for arm in arms:
+        row = [arm]
+        for _, key in cols:
+            vals = [res["report"][str(sp)][arm]["vs_sparse_oracles"].get(key) for sp in splits]
+            row.append("-" if any(v is None for v in vals) else f"{float(np.mean(vals)):.3g}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n\n" + "\n".join(lines)
 
 
 def check_docs(doc_path: str, result_paths: list) -> int:

@@ -46,6 +46,9 @@ __all__ = [
     "apply_update",
     "representation_projection",
     "METHODS",
+    "original_variant",
+    "magnitude_masks",
+    "GR_ALPHA",
 ]
 
 
@@ -281,7 +284,10 @@ def l1_sparse(model, forget, retain, objective, gen, *, lr: float = 0.01, epochs
 @_method
 def iau(model, forget, retain, objective, gen, *, lr: float = 1e-3, batch_size: int | None = 512):
     """Influence Approximation Unlearning (IAU, Lolo1222/IAU): ONE Adam step (lr 1e-3) on the
-    full-data gradient of mean CE(retain) - mean CE(forget) (retain descent + forget ascent)."""
+    full-data gradient of mean CE(retain) - mean CE(forget) (retain descent + forget ascent).
+    IAU's original is trained with its gradient restriction, loss + 0.005 * sum_params ||grad||_2
+    (``Track.train_variant(..., "gr-0.005")``, supplied by the protocol through
+    ``iau.original_variant``); applied to an ordinary original this is a one-step GradDiff."""
     model.train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     opt.zero_grad(set_to_none=True)
@@ -343,33 +349,83 @@ def _concat_data(a, b):
 # ---------------------------------------------------------------------------------------------
 # prune, then unlearn
 # ---------------------------------------------------------------------------------------------
+def _output_head(model) -> nn.Module | None:
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if head is not None:
+        return head
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
 def _prunable(model) -> list[tuple[nn.Module, str]]:
+    """The weights Unlearn-Sparse prunes: every Linear / Conv weight except the output head
+    (upstream prunes a ResNet's convolutions and leaves its classifier; here the head is
+    ``model.get_output_embeddings()`` or else the last nn.Linear)."""
+    head = _output_head(model)
     return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
-            and getattr(m, "weight", None) is not None]
+            and getattr(m, "weight", None) is not None and m is not head]
+
+
+def magnitude_masks(model, sparsity: float) -> dict[nn.Module, Tensor]:
+    """One-shot global magnitude pruning (OMP) masks of ``_prunable(model)``: the
+    ``sparsity`` fraction of those weights with the smallest |w| get 0 (ties at the threshold
+    broken by position, as torch.nn.utils.prune's L1Unstructured)."""
+    targets = _prunable(model)
+    if not targets:
+        raise ValueError("prune: the model has no Linear/Conv weights besides its output head")
+    flat = torch.cat([m.weight.detach().abs().reshape(-1) for m, _ in targets])
+    k = int(round(sparsity * flat.numel()))
+    keep = torch.ones_like(flat)
+    if k > 0:
+        keep[torch.topk(flat, k, largest=False).indices] = 0
+    masks, off = {}, 0
+    for m, _ in targets:
+        n = m.weight.numel()
+        masks[m] = keep[off:off + n].reshape(m.weight.shape)
+        off += n
+    return masks
 
 
 @_method
 def prune_then_unlearn(model, forget, retain, objective, gen, *, sparsity: float = 0.95,
                        unlearner: str | Callable = "finetune", unlearner_kwargs: dict | None = None):
-    """Unlearn-Sparse "prune first, then unlearn": one-shot global magnitude pruning (OMP) of all
-    Linear/Conv weights to ``sparsity`` (default 0.95), then ``unlearner`` (a method or its
-    name) runs on the masked model; the masks stay in force during unlearning (weights are
-    reparametrised as weight_orig * mask) and are made permanent afterwards."""
+    """Unlearn-Sparse "prune first, then unlearn": global magnitude pruning (OMP) of the
+    Linear/Conv weights except the output head to ``sparsity`` (default 0.95), then
+    ``unlearner`` (a method or its name) runs on the masked model; the masks stay in force
+    during unlearning (weights reparametrised as weight_orig * mask) and are made permanent
+    afterwards.  Given Unlearn-Sparse's sparse original (pruned, rewound, retrained with the mask:
+    ``Track.train_variant(..., "sparse-<rate>")``, which the protocol supplies through
+    ``prune_then_unlearn.original_variant``), its zeros are exactly the weights OMP removes again,
+    so the mask is the original's; on a dense original this is one-shot OMP without rewind."""
     import torch.nn.utils.prune as prune
 
     if not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    targets = _prunable(model)
-    if not targets:
-        raise ValueError("prune_then_unlearn: the model has no Linear/Conv weights to prune")
-    prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=sparsity)
+    masks = magnitude_masks(model, sparsity)
+    for m, mask in masks.items():
+        prune.custom_from_mask(m, "weight", mask)
     fn = METHODS[unlearner] if isinstance(unlearner, str) else unlearner
     if getattr(fn, "raw", None) is None:
         raise ValueError(f"unlearner must be a structops.unlearn method or its name, got {unlearner!r}")
     fn.raw(model, forget, retain, objective, gen, **(unlearner_kwargs or {}))
-    for m, name in targets:
-        prune.remove(m, name)
+    for m in masks:
+        prune.remove(m, "weight")
     return model
+
+
+# The original each method is meant to start from (structops.unlearn.protocol trains it when the
+# track supports it; "dense" = the track's ordinary original).
+prune_then_unlearn.original_variant = lambda config: f"sparse-{float(config.get('sparsity', 0.95)):g}"
+GR_ALPHA = 0.005  # IAU's train_model.py gradient-restriction weight
+iau.original_variant = lambda config: f"gr-{GR_ALPHA:g}"
+
+
+def original_variant(method: str, config: dict) -> str:
+    """"dense", "sparse-<rate>" or "gr-<alpha>": which original ``method`` with ``config`` assumes."""
+    fn = METHODS.get(method) if isinstance(method, str) else method
+    rule = getattr(fn, "original_variant", None)
+    return rule(config or {}) if rule is not None else "dense"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .methods import METHODS
+from .methods import METHODS, original_variant
 from .tracks.base import Setup, Track
 
 __all__ = ["ProtocolConfig", "run_protocol", "default_cache_dir", "aggregate", "ensure_models"]
@@ -101,10 +101,12 @@ def _recipe_hash(track: Track) -> str:
     return h
 
 
-def _model_path(cache_dir: str, track: Track, kind: str, data: tuple, seed: int) -> str:
-    """Cache path of one model: data hash, seed and the recipe/code hash of the track."""
+def _model_path(cache_dir: str, track: Track, kind: str, data: tuple, seed: int, variant: str = "dense") -> str:
+    """Cache path of one model: kind and original variant, data hash, seed and the recipe/code
+    hash of the track."""
+    name = kind if variant == "dense" else f"{kind}@{variant}"
     return os.path.join(cache_dir, f"track{track.name}",
-                        f"{kind}-{_data_hash(data)}-r{_recipe_hash(track)}-seed{seed}.pt")
+                        f"{name}-{_data_hash(data)}-r{_recipe_hash(track)}-seed{seed}.pt")
 
 
 def _load(track: Track, path: str):
@@ -142,14 +144,20 @@ def _train_job(args):
     if os.path.exists(path):
         return path, 0.0
     t0 = time.perf_counter()
-    model = track.train(data, args["seed"])
+    variant = args.get("variant", "dense")
+    if variant == "dense":
+        model = track.train(data, args["seed"])
+    else:  # a sparse variant starts from the dense model of the same data and seed: reuse the cached one
+        dense_path = args.get("dense_path")
+        dense = _load(track, dense_path) if dense_path and os.path.exists(dense_path) else None
+        model = track.train_variant(data, args["seed"], variant, dense=dense)
     seconds = time.perf_counter() - t0
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
     with open(path + ".json", "w") as f:
-        json.dump({"kind": args["kind"], "seed": args["seed"], "train_seconds": seconds,
+        json.dump({"kind": args["kind"], "variant": variant, "seed": args["seed"], "train_seconds": seconds,
                    "scenario": args["scenario"], "split": args["split"]}, f)
     return path, seconds
 
@@ -208,18 +216,23 @@ def _map(pool, fn, jobs, progress_label=None, progress=True):
     return results
 
 
-def ensure_models(track: Track, scenario: str, plan: dict, cfg: ProtocolConfig, pool) -> dict:
-    """Trains (or finds in the cache) the models of ``plan`` = {split: (original seeds, oracle
-    seeds)}; returns {(split, kind, seed): path}."""
+def ensure_models(track: Track, scenario: str, plan, cfg: ProtocolConfig, pool) -> dict:
+    """Trains (or finds in the cache) the models of ``plan``: {split: (original seeds, oracle
+    seeds)} of ordinary models, or a list of (split, kind, variant, seeds); returns
+    {(split, kind, seed, variant): path}."""
+    if isinstance(plan, dict):
+        plan = [(split, kind, "dense", seeds) for split, (o, r) in plan.items()
+                for kind, seeds in (("original", o), ("oracle", r))]
     paths, jobs = {}, []
-    for split, (orig_seeds, oracle_seeds) in plan.items():
+    for split, kind, variant, seeds in plan:
         s = track.setup(scenario, split)
-        for kind, data, seeds in (("original", s.train, orig_seeds), ("oracle", s.retain, oracle_seeds)):
-            for seed in seeds:
-                p = _model_path(cfg.cache_dir, track, kind, data, seed)
-                paths[(split, kind, seed)] = p
-                if not os.path.exists(p):
-                    jobs.append(dict(track=track, scenario=scenario, split=split, kind=kind, seed=seed, path=p))
+        data = s.train if kind == "original" else s.retain
+        for seed in seeds:
+            p = _model_path(cfg.cache_dir, track, kind, data, seed, variant)
+            paths[(split, kind, seed, variant)] = p
+            if not os.path.exists(p):
+                jobs.append(dict(track=track, scenario=scenario, split=split, kind=kind, seed=seed, path=p,
+                                 variant=variant, dense_path=_model_path(cfg.cache_dir, track, kind, data, seed)))
     unique = {j["path"]: j for j in jobs}
     if unique:
         _map(pool, _train_job, list(unique.values()), f"training {len(unique)} models", cfg.progress)
@@ -436,17 +449,33 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
     for split in cfg.fresh_splits:
         plan[split] = (orig_seeds, arm_oracle_seeds + ref_seeds)
     extra = getattr(track, "aggregate_extra", None)
+    # the original each (method, config) starts from: "dense", or the variant the method assumes
+    # (prune_then_unlearn: a sparse original; iau: a gradient-restriction-trained one) when the
+    # track can train it — else the ordinary original, recorded in "original_variants"
+    unsupported = {}
+
+    def variant_for(m, c):
+        v = original_variant(m, c)
+        if v != "dense" and not track.supports_variant(v):
+            unsupported[m] = v
+            return "dense"
+        return v
+
+    tune_variants = sorted({variant_for(m, c) for m in cfg.methods for c in track.grid(m)} - {"dense"})
     pool = _pool(track, cfg.workers)
     try:
         paths = ensure_models(track, scenario, plan, cfg, pool)
+        # after the dense ones, which the sparse variants start from
+        paths.update(ensure_models(track, scenario, [(0, "original", v, tune_orig_seeds) for v in tune_variants],
+                                   cfg, pool))
         t_models = time.perf_counter() - started
 
-        def jobs_for(split, arm, method, config, seeds, probes):
+        def jobs_for(split, arm, method, config, seeds, probes, variant="dense"):
             out = []
             for i, seed in enumerate(seeds):
-                kind = "oracle" if arm == "oracle" or arm == "reference" else "original"
+                kind = "oracle" if arm in ("oracle", "reference") or arm.startswith("reference@") else "original"
                 out.append(dict(track=track, scenario=scenario, split=split, arm=arm, method=method,
-                                config=config or {}, seed=i, path=paths[(split, kind, seed)], probes=probes,
+                                config=config or {}, seed=i, path=paths[(split, kind, seed, variant)], probes=probes,
                                 tag=(split, arm, method, json.dumps(config or {}, sort_keys=True), i)))
             return out
 
@@ -455,7 +484,7 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
         tune_jobs += jobs_for(0, "original", None, None, tune_orig_seeds, False)  # for the oracle-free choice
         for m in cfg.methods:
             for c in track.grid(m):
-                tune_jobs += jobs_for(0, "method", m, c, tune_orig_seeds, False)
+                tune_jobs += jobs_for(0, "method", m, c, tune_orig_seeds, False, variant_for(m, c))
         res = dict(_map(pool, _eval_job, tune_jobs, f"tuning {len(cfg.methods)} methods", cfg.progress))
         ref0 = [res[k] for k in sorted(k for k in res if k[1] == "reference")]
         orig0 = [res[k] for k in sorted(k for k in res if k[1] == "original")]
@@ -478,20 +507,38 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
                                 "shares": shares, "resamples": cfg.stability_resamples}
         t_tune = time.perf_counter() - started - t_models
 
+        # ---- the variant originals (and, for sparse ones, sparse reference oracles) the chosen
+        # configs need on the fresh splits
+        report_variants = sorted({variant_for(m, c) for m in cfg.methods for c in (chosen[m], chosen_free[m])}
+                                 - {"dense"})
+        if report_variants:
+            need = [(sp, "original", v, orig_seeds) for sp in cfg.fresh_splits for v in report_variants]
+            need += [(sp, "oracle", v, ref_seeds) for sp in cfg.fresh_splits for v in report_variants
+                     if v.startswith("sparse-")]
+            paths.update(ensure_models(track, scenario, need, cfg, pool))
+        t_variants = time.perf_counter() - started - t_models - t_tune
+
         # ---- report on fresh splits
         report, draws = {}, {}
         for split in cfg.fresh_splits:
             jobs = jobs_for(split, "reference", None, None, ref_seeds, cfg.probes)
             jobs += jobs_for(split, "oracle", None, None, arm_oracle_seeds, cfg.probes)
             jobs += jobs_for(split, "original", None, None, orig_seeds, cfg.probes)
+            for v in report_variants:
+                jobs += jobs_for(split, f"original@{v}", None, None, orig_seeds, cfg.probes, v)
+                if v.startswith("sparse-"):
+                    jobs += jobs_for(split, f"reference@{v}", None, None, ref_seeds, cfg.probes, v)
             for m in cfg.methods:
-                jobs += jobs_for(split, "method", m, chosen[m], orig_seeds, cfg.probes)
+                jobs += jobs_for(split, "method", m, chosen[m], orig_seeds, cfg.probes, variant_for(m, chosen[m]))
                 if chosen_free[m] != chosen[m]:
-                    jobs += jobs_for(split, "method", m, chosen_free[m], orig_seeds, cfg.probes)
+                    jobs += jobs_for(split, "method", m, chosen_free[m], orig_seeds, cfg.probes,
+                                     variant_for(m, chosen_free[m]))
             res = dict(_map(pool, _eval_job, jobs, f"report split {split}", cfg.progress))
             ref = [res[k] for k in sorted(k for k in res if k[0] == split and k[1] == "reference")]
             arms = {"oracle": [res[k] for k in sorted(k for k in res if k[1] == "oracle")],
                     "original": [res[k] for k in sorted(k for k in res if k[1] == "original")]}
+            for v in report_variants:
+                arms[f"original@{v}"] = [res[k] for k in sorted(k for k in res if k[1] == f"original@{v}")]
             for m in cfg.methods:
                 key = json.dumps(chosen[m], sort_keys=True)
                 arms[m] = [res[(split, "method", m, key, i)] for i in range(n)]
@@ -499,6 +546,15 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
                 key = json.dumps(chosen_free[m], sort_keys=True)
                 arms[m + ORACLE_FREE_SUFFIX] = [res[(split, "method", m, key, i)] for i in range(n)]
             report[split] = {name: aggregate(a, ref, extra) for name, a in arms.items()}
+            # sparse originals and the methods run on them, also against sparse oracles
+            # (Unlearn-Sparse's comparison): the same sparse procedure on the retain set
+            for v in report_variants:
+                if not v.startswith("sparse-"):
+                    continue
+                ref_v = [res[k] for k in sorted(k for k in res if k[1] == f"reference@{v}")]
+                for name in [f"original@{v}"] + [m for m in cfg.methods if variant_for(m, chosen[m]) == v] + \
+                        [m + ORACLE_FREE_SUFFIX for m in cfg.methods if variant_for(m, chosen_free[m]) == v]:
+                    report[split][name]["vs_sparse_oracles"] = _compact(aggregate(arms[name], ref_v, extra))
             # per-model forget margins (the KLoM inputs) of every arm and of the reference oracles
             for name, a in arms.items():
                 report[split][name]["per_model_margins_forget"] = np.round(_stack(a, "margins_forget"), 4).tolist()
@@ -520,7 +576,7 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
             pooled[name] = {k: float(np.mean([report[sp][name][k] for sp in cfg.fresh_splits])) for k in keys}
             if name in draws:
                 pooled[name]["ci"] = _ci(_pool_uncertainty(draws[name]), pooled[name])
-        t_report = time.perf_counter() - started - t_models - t_tune
+        t_report = time.perf_counter() - started - t_models - t_tune - t_variants
     finally:
         if pool is not None:
             pool.shutdown()
@@ -533,6 +589,9 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
         "methods": list(cfg.methods),
         "chosen": chosen,
         "chosen_oracle_free": chosen_free,
+        "original_variants": {m: {"chosen": variant_for(m, chosen[m]), "oracle_free": variant_for(m, chosen_free[m]),
+                                  "unsupported_by_track": unsupported.get(m)}
+                              for m in cfg.methods if original_variant(m, chosen[m]) != "dense"},
         "oracle_free_rule": ORACLE_FREE_RULE.format(tol=cfg.oracle_free_tolerance),
         "stability": stability,
         "tuning": tuning,
@@ -543,7 +602,7 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
         "model_seeds": {"tuning_originals": tune_orig_seeds, "tuning_oracles": tune_ref_seeds,
                         "originals": orig_seeds, "oracle_arm": arm_oracle_seeds, "reference_oracles": ref_seeds},
         "provenance": _provenance(),
-        "timing": {"models_s": t_models, "tuning_s": t_tune, "report_s": t_report,
+        "timing": {"models_s": t_models, "tuning_s": t_tune, "variant_models_s": t_variants, "report_s": t_report,
                    "total_s": time.perf_counter() - started},
     }
 

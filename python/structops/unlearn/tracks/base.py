@@ -14,7 +14,13 @@ A track is a data set, a model family and a training recipe, deterministic given
   per-point arrays; see the tracks);
 * ``grid(method)`` — the hyperparameter configurations the protocol may try for a method (the
   same budget for every method);
-* ``objective`` — the loss the methods use.
+* ``objective`` — the loss the methods use;
+* ``train_variant(data, seed, variant)`` — the originals some methods assume (optional; the
+  protocol falls back to the ordinary original, and records it, where a track has none):
+  ``"sparse-<rate>"`` Unlearn-Sparse's OMP with rewind (train, prune the ``rate`` smallest-|w|
+  weights outside the head, rewind the survivors to the initialisation, retrain with the mask
+  fixed) and ``"gr-<alpha>"`` IAU's gradient-restriction training (loss + alpha·Σ‖∇θ loss‖₂);
+  ``variants`` lists the prefixes a track supports.
 """
 
 from __future__ import annotations
@@ -59,6 +65,25 @@ class Track(ABC):
     @abstractmethod
     def evaluate(self, model, setup: Setup, original=None, probes: bool = False) -> dict:
         """Per-model measurements: floats and per-point arrays (``margins_*`` for KLoM)."""
+
+    variants: tuple = ()
+
+    def supports_variant(self, variant: str) -> bool:
+        return variant == "dense" or variant.split("-", 1)[0] in self.variants
+
+    def train_variant(self, data: tuple, seed: int, variant: str, dense=None):
+        """A model of ``variant`` trained on ``data`` (see the module doc); ``dense``, when given,
+        is ``train(data, seed)`` already trained (the protocol passes the cached one)."""
+        if variant == "dense":
+            return self.train(data, seed)
+        raise NotImplementedError(f"track {self.name} has no {variant!r} originals (supports {self.variants})")
+
+    @staticmethod
+    def parse_variant(variant: str) -> tuple[str, float]:
+        kind, _, value = variant.partition("-")
+        if kind not in ("sparse", "gr") or not value:
+            raise ValueError(f"unknown original variant {variant!r}: expected 'dense', 'sparse-<rate>' or 'gr-<alpha>'")
+        return kind, float(value)
 
     @abstractmethod
     def grid(self, method: str) -> list[dict]:

@@ -57,14 +57,33 @@ def load_digits_split():
     return (X[tr], y[tr]), (X[te], y[te])
 
 
-def train_lbfgs(model: nn.Module, data: tuple, l2: float = L2, max_iter: int = 1500) -> nn.Module:
+GR_BATCH = 128
+
+
+def train_lbfgs(model: nn.Module, data: tuple, l2: float = L2, max_iter: int = 1500,
+                gradient_restriction: float = 0.0) -> nn.Module:
+    """Full-batch L-BFGS on mean CE + l2/2·||θ||².  ``gradient_restriction`` = α adds IAU's
+    gradient restriction α·Σ_params ||∇θ CE_b||₂, averaged over fixed mini-batches b of
+    ``GR_BATCH`` points (IAU computes it per SGD mini-batch; on the full batch it would vanish at
+    the optimum, where ∇CE = -l2·θ ≈ 0) — double backprop.  Parameters reparametrised by
+    torch.nn.utils.prune (weight_orig · mask) train only their unmasked entries."""
     x, y = data
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=max_iter, history_size=50,
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.LBFGS(params, lr=1, max_iter=max_iter, history_size=50,
                             line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-12)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    gr_batches = [order[i:i + GR_BATCH] for i in range(0, len(y), GR_BATCH)]
 
     def closure():
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y) + 0.5 * l2 * sum((p ** 2).sum() for p in model.parameters())
+        out = model(x)
+        loss = nn.functional.cross_entropy(out, y) + 0.5 * l2 * sum((p ** 2).sum() for p in params)
+        if gradient_restriction:
+            gr = 0.0
+            for b in gr_batches:
+                grads = torch.autograd.grad(nn.functional.cross_entropy(out[b], y[b]), params, create_graph=True)
+                gr = gr + sum(g.norm() for g in grads)
+            loss = loss + gradient_restriction * gr / len(gr_batches)
         loss.backward()
         return loss
 
@@ -79,9 +98,10 @@ class TrackA(Track):
     scenarios = ("random", "class", "mislabel")
     objective = Classification()
 
-    def __init__(self, n_mislabel: int = 60, random_fraction: float = 0.1):
+    def __init__(self, n_mislabel: int = 60, random_fraction: float = 0.1, max_iter: int = 1500):
         self.n_mislabel = n_mislabel
         self.random_fraction = random_fraction
+        self.max_iter = max_iter  # L-BFGS iterations (fewer only in quick tests)
         self._data = None
 
     def _base(self):
@@ -137,7 +157,40 @@ class TrackA(Track):
 
     def train(self, data: tuple, seed: int):
         torch.manual_seed(seed)
-        return train_lbfgs(DigitsMLP(), data)
+        return train_lbfgs(DigitsMLP(), data, max_iter=self.max_iter)
+
+    variants = ("sparse", "gr")
+
+    def train_variant(self, data: tuple, seed: int, variant: str, dense=None):
+        """``sparse-<rate>``: Unlearn-Sparse's OMP with rewind — the dense model of ``seed``, its
+        hidden layer (fc1; the head is not pruned, as upstream leaves a ResNet's classifier)
+        magnitude-pruned to ``rate``, the survivors rewound to the same seed's initialisation
+        (L-BFGS has no epochs: upstream's rewind_epoch 8 becomes rewind-to-init, the lottery-
+        ticket form) and retrained with the mask fixed; zeros stored.  ``gr-<alpha>``: IAU's
+        gradient-restriction training, α·Σ‖∇θ CE‖₂ added to the ordinary objective."""
+        if variant == "dense":
+            return self.train(data, seed)
+        kind, value = self.parse_variant(variant)
+        if kind == "gr":
+            torch.manual_seed(seed)
+            return train_lbfgs(DigitsMLP(), data, max_iter=self.max_iter, gradient_restriction=value)
+        import torch.nn.utils.prune as prune
+
+        from ..methods import magnitude_masks
+
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"sparse rate must be in [0, 1), got {value}")
+        dense = dense if dense is not None else self.train(data, seed)
+        names = {m: n for n, m in dense.named_modules()}
+        by_name = {names[m]: mask for m, mask in magnitude_masks(dense, value).items()}
+        torch.manual_seed(seed)
+        rewound = DigitsMLP()  # the same seed draws the same initialisation
+        for name, mask in by_name.items():
+            prune.custom_from_mask(getattr(rewound, name), "weight", mask)
+        train_lbfgs(rewound, data, max_iter=self.max_iter)
+        for name in by_name:
+            prune.remove(getattr(rewound, name), "weight")
+        return rewound
 
     # --- measurements ------------------------------------------------------------------------
     def evaluate(self, model, setup: Setup, original=None, probes: bool = False, oracle_like=None) -> dict:
