@@ -20,7 +20,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TESTS = ["tests/test_unlearn_methods.py", "tests/test_unlearn_metrics.py", "tests/test_unlearn_probes.py",
-         "tests/test_unlearn_tracks.py::test_oracle_free_choice_uses_no_oracle_quantity"]
+         "tests/test_unlearn_tracks.py::test_oracle_free_choice_uses_no_oracle_quantity",
+         "tests/test_unlearn_tracks.py::test_track_a_variant_originals",
+         "tests/test_unlearn_tracks.py::test_protocol_runs_methods_on_their_variant_originals"]
 
 
 def _noop_method(name):
@@ -84,7 +86,40 @@ def _mutations():
         orig = unlearn.methods._mrp_init
         unlearn.methods._mrp_init = lambda f, r, dim, init, rv: orig(f, r, dim, "forget_pca", rv)
 
+    def sparse_no_rewind(unlearn):  # "sparse original" = the dense model masked, not rewound and retrained
+        from structops.unlearn.tracks import track_a
+
+        orig = track_a.TrackA.train_variant
+
+        def masked_only(self, data, seed, variant, dense=None):
+            if not variant.startswith("sparse-"):
+                return orig(self, data, seed, variant, dense)
+            model = dense if dense is not None else self.train(data, seed)
+            for m, mask in unlearn.methods.magnitude_masks(model, float(variant.split("-", 1)[1])).items():
+                m.weight.data.mul_(mask)
+            return model
+        track_a.TrackA.train_variant = masked_only
+
+    def gr_ignored(unlearn):  # IAU's gradient restriction silently dropped from training
+        from structops.unlearn.tracks import track_a
+
+        orig = track_a.train_lbfgs
+        track_a.train_lbfgs = lambda model, data, l2=track_a.L2, max_iter=1500, gradient_restriction=0.0: orig(
+            model, data, l2, max_iter, 0.0)
+
+    def variants_ignored(unlearn):  # the protocol runs every method on the ordinary original
+        from structops.unlearn import protocol
+
+        protocol.original_variant = lambda method, config: "dense"
+
+    def omp_prunes_head(unlearn):  # OMP prunes the output head too (v1's behaviour)
+        unlearn.methods._output_head = lambda model: None
+
     muts = {
+        "sparse_no_rewind": sparse_no_rewind,
+        "gr_ignored": gr_ignored,
+        "variants_ignored": variants_ignored,
+        "omp_prunes_head": omp_prunes_head,
         "mrp_forget_init": mrp_forget_init,
         "svc_one_feature": svc_one_feature,
         "warmup_off": warmup_off,
