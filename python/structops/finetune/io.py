@@ -47,7 +47,6 @@ __all__ = ["save_adapter", "load_adapter", "export_lora", "CONFIG_NAME", "WEIGHT
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 _BASES = {"randlora": ("randlora_A", "randlora_B"), "vera": ("vera_A", "vera_B")}
-_NON_PERSISTENT_PREFIX = "_"
 
 
 def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -58,10 +57,6 @@ def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
                 continue
             out[f"{n}.{k}"] = t.detach()
     return out
-
-
-def _jsonable(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items()}
 
 
 def save_adapter(model: nn.Module, directory: str, save_bases: bool = True) -> dict:
@@ -89,7 +84,7 @@ def save_adapter(model: nn.Module, directory: str, save_bases: bool = True) -> d
     from .. import __version__
 
     layers = adapter_layers(model)
-    cfg = {"format": "structops-adapter", "format_version": 1, "method": st.method, "config": _jsonable(st.config),
+    cfg = {"format": "structops-adapter", "format_version": 1, "method": st.method, "config": dict(st.config),
            "target_modules": list(st.adapted),
            "shapes": {n: [m.out_features, m.in_features] for n, m in layers.items()},
            "aliases": aliases, "bases_saved": bool(save_bases), "structops_version": __version__}
