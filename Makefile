@@ -48,15 +48,15 @@ build: $(VENV)/.build-stamp-$(STRUCTOPS_CUDA)
 # The suite runs once per compiled CPU kernel variant, each forced with STRUCTOPS_CPU_ISA (the
 # conftest checks the forced variant is the one in use); variants this CPU cannot run are
 # reported and skipped.  Nothing may depend on one CPU's rounding.  The packaging tests
-# (wheel build + fresh-venv install) and the multi-process torch.distributed tests do not depend
-# on the variant and run in the first pass only.
+# (wheel build + fresh-venv install), the multi-process torch.distributed tests and the
+# end-to-end example runs do not depend on the variant and run in the first pass only.
 test: build
 	@set -e; avail=$$($(PY) -c "import structops; print(structops.build_info()['cpu_isas_available'])"); \
 	first=1; \
 	for isa in $$($(PY) -c "import structops; print(' '.join(structops.build_info()['cpu_isas_compiled'].split(',')))"); do \
 	  case ",$$avail," in \
 	    *,$$isa,*) \
-	      if [ $$first = 1 ]; then sel="not slow"; else sel="not slow and not packaging and not distributed"; fi; \
+	      if [ $$first = 1 ]; then sel="not slow"; else sel="not slow and not packaging and not distributed and not example"; fi; \
 	      echo "=== make test: STRUCTOPS_CPU_ISA=$$isa (-m '$$sel') ==="; \
 	      STRUCTOPS_CPU_ISA=$$isa $(PY) -m pytest -q -m "$$sel" $(PYTEST_ARGS); first=0 ;; \
 	    *) echo "=== make test: skipping STRUCTOPS_CPU_ISA=$$isa: this CPU does not support it (available: $$avail) ===" ;; \

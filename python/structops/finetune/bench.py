@@ -27,6 +27,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -232,7 +233,8 @@ def _powerlaw_linear(d: int, seed: int = 0) -> torch.nn.Linear:
     return lin
 
 
-def layer_timings(d: int = 1024, tokens: int = 2048, rounds: int = 15, peft_ok: bool = True) -> list[dict]:
+def layer_timings(d: int = 1024, tokens: int = 2048, rounds: int = 15, peft_ok: bool = True,
+                  methods=None) -> list[dict]:
     """Forward + backward (x requires grad, as mid-network) of one adapted d x d layer, every
     method and baseline interleaved: the frozen dense layer alone, and peft's LoRA / RandLoRA / VeRA."""
     base = _powerlaw_linear(d)
@@ -240,14 +242,16 @@ def layer_timings(d: int = 1024, tokens: int = 2048, rounds: int = 15, peft_ok: 
     gy = torch.randn(tokens, d)
     models = {"frozen dense": torch.nn.Sequential(copy.deepcopy(base)).requires_grad_(False)}
     for n, cfg in LAYER_CONFIGS.items():
-        models[n] = adapt(torch.nn.Sequential(copy.deepcopy(base)), n, target_modules=["0"], **cfg)
+        if methods is None or n in methods:
+            models[n] = adapt(torch.nn.Sequential(copy.deepcopy(base)), n, target_modules=["0"], **cfg)
     if peft_ok:
         from peft import LoraConfig, RandLoraConfig, VeraConfig, get_peft_model
 
         for n, pc in (("peft-lora", LoraConfig(r=16, lora_alpha=32, target_modules=["0"])),
                       ("peft-randlora", RandLoraConfig(r=32, randlora_alpha=64, target_modules=["0"])),
                       ("peft-vera", VeraConfig(r=256, target_modules=["0"]))):
-            models[n] = get_peft_model(torch.nn.Sequential(copy.deepcopy(base)), pc)
+            if methods is None or n in methods:
+                models[n] = get_peft_model(torch.nn.Sequential(copy.deepcopy(base)), pc)
 
     def fwd_bwd(m):
         def f():
@@ -322,7 +326,7 @@ def main(argv=None) -> dict:
     for r in rows:
         r["ms_per_step"] = ms[r["method"]]
     layer_rows = layer_timings(d=512 if a.quick else 1024, tokens=256 if a.quick else 2048,
-                               rounds=3 if a.quick else 15, peft_ok=bool(peft_runs))
+                               rounds=3 if a.quick else 15, peft_ok=bool(peft_runs), methods=names)
     bar.update(1)
     bar.close()
     by = {r["method"]: r for r in rows}
@@ -363,9 +367,11 @@ def main(argv=None) -> dict:
             "memory": "CPU: bytes of parameters+buffers, gradients, Adam state and autograd-saved tensors of one step"}
     out = {"meta": meta, "rows": rows, "layer": layer_rows}
     if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as fh:
             json.dump(out, fh, indent=2)
     if a.png:
+        os.makedirs(os.path.dirname(os.path.abspath(a.png)), exist_ok=True)
         _plot(rows, a.png, base_acc)
     return out
 
