@@ -315,3 +315,13 @@ def test_docs_tables_render_from_results_and_stale_ones_are_caught(tmp_path, cap
     bad.write_text(table.replace("| finetune | ", "| finetune | 9", 1))
     assert bench.main(["--check-docs", str(bad), res]) == 1
     assert "STALE" in capsys.readouterr().out
+
+
+def test_bench_all_means_every_method_with_a_grid():
+    """`--methods all` runs every method a track can tune (a hand-kept list dropped K-FADE from
+    Track B before)."""
+    from structops.unlearn.methods import METHODS
+
+    assert [m for m in METHODS if bench.track_has_grid(TrackA(), m)] == list(METHODS)
+    on_b = [m for m in METHODS if bench.track_has_grid(TrackB(), m)]
+    assert "kfade" in on_b and "newton_step" not in on_b and len(on_b) == len(METHODS) - 1

@@ -27,6 +27,14 @@ from .methods import METHODS
 from .protocol import ORACLE_FREE_SUFFIX, ProtocolConfig, default_cache_dir, run_protocol
 
 
+def track_has_grid(track, method: str) -> bool:
+    try:
+        track.grid(method)
+    except ValueError:
+        return False
+    return True
+
+
 def make_track(name: str):
     if name.upper() == "A":
         from .tracks.track_a import TrackA
@@ -301,8 +309,8 @@ def main(argv=None) -> int:
 
     track = make_track(args.track)
     methods = tuple(METHODS) if args.methods == "all" else tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    if track.name == "B":
-        methods = tuple(m for m in methods if m in track.supported_methods) if args.methods == "all" else methods
+    if args.methods == "all":  # every method the track has a tuning grid for (Track B: no newton_step)
+        methods = tuple(m for m in methods if track_has_grid(track, m))
     cfg = ProtocolConfig(seeds=args.seeds, tune_seeds=args.tune_seeds, tune_oracles=args.tune_oracles,
                          fresh_splits=tuple(range(1, 1 + args.fresh)), bootstrap=args.bootstrap,
                          stability_resamples=args.stability, methods=methods, workers=args.workers,

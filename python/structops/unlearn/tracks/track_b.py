@@ -114,8 +114,6 @@ class TrackB(Track):
     name = "B"
     scenarios = tuple(FRACTIONS)
     objective = CausalLM()
-    supported_methods = ("finetune", "gradient_ascent", "grad_diff", "npo", "simnpo", "ssd", "l1_sparse",
-                         "prune_then_unlearn", "iau", "representation_projection")
 
     def __init__(self, d: int = 80, max_epochs: int = 80, utility_subset: int = 200):
         self.d = d
