@@ -10,7 +10,7 @@ muts = [
     ("python/structops/finetune/io.py", "b = m.svfit_U * m.delta_sigma()", "b = m.svfit_U * m.svfit_sigma", T),
     ("python/structops/finetune/svd.py", "return int(((s - lo) / (hi - lo) < tau).sum())", "return int(((s - lo) / hi < tau).sum())", T),
     ("python/structops/finetune/io.py", "        aliases[k] = canon[ident]\n            continue", "        continue", T),
-    ("python/structops/finetune/layers.py", "u = self.sst_U * mask + (self.sst_U * (1 - mask)).detach()", "u = self.sst_U", T),
+    ("python/structops/finetune/layers.py", "u = torch.where(keep, self.sst_U, self.sst_U.detach())", "u = self.sst_U", T),
     ("python/structops/finetune/adapt.py", "            p.requires_grad_(before[n])", "            pass", T),
     ("python/structops/finetune/svd.py", "* (1 - 1e-12)).item()) + 1", "* (1 - 1e-12)).item())", T),
     ("python/structops/finetune/adapt.py", "seed=cfg[\"seed\"] + i)", "seed=cfg[\"seed\"] + i + torch.distributed.get_rank() if torch.distributed.is_initialized() else cfg[\"seed\"] + i)", D),

@@ -279,7 +279,9 @@ def trainable_parameters(model: nn.Module) -> TrainableSummary:
 
 def merge(model: nn.Module) -> None:
     """Merge every adapter into its base weight (reversible with ``unmerge``); all merged
-    weights are checked first, so a non-finite one leaves the whole model unchanged."""
+    weights are checked first, so a non-finite one leaves the whole model unchanged.  (Each is
+    formed twice — once to check, once to write — so that no more than one extra weight is held
+    at a time besides the W0 copies unmerge needs.)"""
     layers = adapter_layers(model)
     for n, m in layers.items():
         if m.merged:

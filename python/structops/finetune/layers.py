@@ -55,6 +55,7 @@ dtype).
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -96,7 +97,7 @@ def _check_rank(cls: str, name: str, r, in_f: int, out_f: int) -> int:
     return r
 
 
-class FinetuneAdapter(nn.Module):
+class FinetuneAdapter(nn.Module, metaclass=abc.ABCMeta):
     """Merge bookkeeping and the frozen base (see the module doc)."""
 
     def __init__(self, base_linear: nn.Linear):
@@ -113,12 +114,13 @@ class FinetuneAdapter(nn.Module):
         self.master_dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
         self.merged = False
 
-    # subclasses: adapted_weight() and adapter_forward(x)
-    def adapted_weight(self) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    # every subclass defines adapted_weight() (the dense weight it applies, no grad) and
+    # adapter_forward(x) (its unmerged forward); they are abstract methods
+    @abc.abstractmethod
+    def adapted_weight(self) -> Tensor: ...
 
-    def adapter_forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def adapter_forward(self, x: Tensor) -> Tensor: ...
 
     def forward(self, x: Tensor) -> Tensor:
         if self.merged:
@@ -421,9 +423,9 @@ class SSTLinear(FinetuneAdapter):
         self.sst_Vh.copy_(vh[:m])
 
     def _factors(self) -> tuple[Tensor, Tensor]:
-        mask = self.sst_mask
-        u = self.sst_U * mask + (self.sst_U * (1 - mask)).detach()
-        vh = self.sst_Vh * mask[:, None] + (self.sst_Vh * (1 - mask[:, None])).detach()
+        keep = self.sst_mask.bool()  # gradients reach only the sampled pairs' columns / rows
+        u = torch.where(keep, self.sst_U, self.sst_U.detach())
+        vh = torch.where(keep[:, None], self.sst_Vh, self.sst_Vh.detach())
         return u * self.sst_sigma, vh
 
     def _factors_in(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

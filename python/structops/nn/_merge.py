@@ -17,9 +17,10 @@ __all__ = ["stash_base_weight", "restore_base_weight", "has_stash"]
 _STASH = "_unmerged_base_weight"
 
 
-def stash_base_weight(layer: nn.Module, weight: Tensor) -> None:
-    """Keep a copy of ``weight`` (W0, before the merge writes into it) on ``layer``."""
-    layer.register_buffer(_STASH, weight.detach().clone(), persistent=False)
+def stash_base_weight(layer: nn.Module, weight: Tensor, copy: bool = True) -> None:
+    """Keep a copy of ``weight`` (W0, before the merge writes into it) on ``layer``;
+    ``copy=False`` when ``weight`` already is a private copy."""
+    layer.register_buffer(_STASH, weight.detach().clone() if copy else weight.detach(), persistent=False)
 
 
 def has_stash(layer: nn.Module) -> bool:

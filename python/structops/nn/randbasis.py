@@ -137,7 +137,7 @@ class _AdapterBase(nn.Module):
             except RuntimeError as e:
                 raise RuntimeError(f"{type(self).__name__}.merge(): {e}") from None
             if w0 is not None:
-                stash_base_weight(self, w0)
+                stash_base_weight(self, w0, copy=False)
         self.merged = True
 
     def unmerge(self) -> None:
