@@ -22,7 +22,8 @@ ROOT = os.path.dirname(HERE)
 TESTS = ["tests/test_unlearn_methods.py", "tests/test_unlearn_metrics.py", "tests/test_unlearn_probes.py",
          "tests/test_unlearn_tracks.py::test_oracle_free_choice_uses_no_oracle_quantity",
          "tests/test_unlearn_tracks.py::test_track_a_variant_originals",
-         "tests/test_unlearn_tracks.py::test_protocol_runs_methods_on_their_variant_originals"]
+         "tests/test_unlearn_tracks.py::test_protocol_runs_methods_on_their_variant_originals",
+         "tests/test_unlearn_tracks.py::test_track_b_truth_ratio_uses_tofus_paraphrased_answer"]
 
 
 def _noop_method(name):
@@ -40,6 +41,7 @@ def _noop_method(name):
 
 def _mutations():
     import numpy as np
+    import torch
 
     def rtn_identity(unlearn):
         unlearn.probes.quantize_rtn = lambda model, bits=8: copy.deepcopy(model)
@@ -115,7 +117,30 @@ def _mutations():
     def omp_prunes_head(unlearn):  # OMP prunes the output head too (v1's behaviour)
         unlearn.methods._output_head = lambda model: None
 
+    def truth_ratio_question_paraphrase(unlearn):  # v1: TR on template B with plain answers
+        from structops.unlearn.tracks.track_b import TrackB
+
+        def authors(self, model, x, which, qpara=False):
+            return self._qa(model, x[f"{which}_A"], x[f"{which}_perturbed"],
+                            (x[f"{which}_B"], x[f"{which}_perturbed"]), qpara=x[f"{which}_B"] if qpara else None)
+        TrackB._authors = authors
+
+    def wording_trained_on_authors(unlearn):  # the answer paraphrase becomes a trained template
+        from structops.unlearn.tracks import synthetic_facts
+
+        orig = synthetic_facts.make_facts
+
+        def make(*a, **k):
+            fd = orig(*a, **k)
+            fd.general_para = tuple(torch.cat([g, p]) for g, p in zip(fd.general_para, fd.author_para))
+            return fd
+        synthetic_facts.make_facts = make
+        import structops.unlearn.tracks.track_b as tb
+        tb.make_facts = make
+
     muts = {
+        "truth_ratio_question_paraphrase": truth_ratio_question_paraphrase,
+        "wording_trained_on_authors": wording_trained_on_authors,
         "sparse_no_rewind": sparse_no_rewind,
         "gr_ignored": gr_ignored,
         "variants_ignored": variants_ignored,

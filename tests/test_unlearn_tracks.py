@@ -325,3 +325,60 @@ def test_bench_all_means_every_method_with_a_grid():
     assert [m for m in METHODS if bench.track_has_grid(TrackA(), m)] == list(METHODS)
     on_b = [m for m in METHODS if bench.track_has_grid(TrackB(), m)]
     assert "kfade" in on_b and "newton_step" not in on_b and len(on_b) == len(METHODS) - 1
+
+
+class _Bigram(torch.nn.Module):
+    """A model whose next-token distribution depends only on the current token: log P(b | a) =
+    log_softmax(table[a])[b], so every answer probability can be computed by hand."""
+
+    def __init__(self, vocab: int, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.table = torch.nn.Parameter(2 * torch.randn(vocab, vocab, generator=g, dtype=torch.float64))
+
+    def forward(self, ids):
+        return self.table[ids]
+
+
+def test_track_b_truth_ratio_uses_tofus_paraphrased_answer():
+    """TOFU's truth ratio, hand-computed: the paraphrased correct *answer* (``-> namely ANSWER``)
+    against the perturbed answers in the same wording, each scored by its length-normalised
+    probability, the perturbed ones combined by a geometric mean.  With a bigram model the
+    answer's tokens are scored after "namely" (paraphrased answer) or after "->" (v1's
+    question paraphrase), so either substitution, or an arithmetic mean, gives other values."""
+    t = TrackB()
+    s = t.setup("forget05", 1)
+    fd = t.facts
+    v = fd.vocab
+    model = _Bigram(len(v))
+    logp = torch.log_softmax(model.table.detach(), -1)
+
+    def mean_lp(prefix_tok, ans):  # answer tokens scored after prefix_tok, then chained
+        toks = [prefix_tok, *ans]
+        return float(sum(logp[a, b] for a, b in zip(toks[:-1], toks[1:])) / len(ans))
+
+    forget_rows = np.nonzero(np.isin(fd.author_of_row, s.forget_ids))[0]
+    want, want_q = [], []
+    for i in forget_rows:
+        ans, pert = fd.author_answers[i], fd.author_perturbed[i]
+        para = [v["namely"], *ans]
+        base = mean_lp(v["->"], para)
+        want.append(np.exp(np.mean([mean_lp(v["->"], [v["namely"], *p]) for p in pert]) - base))
+        want_q.append(np.exp(np.mean([mean_lp(v["->"], p) for p in pert]) - mean_lp(v["->"], ans)))
+    e = t.evaluate(model, s)
+    assert np.allclose(e["tr_values_forget"], want, rtol=1e-5)
+    assert np.allclose(e["tr_values_forget_qpara"], want_q, rtol=1e-5)
+    assert not np.allclose(want, want_q, rtol=1e-2)  # the two definitions differ on this model
+    w = np.array(want)
+    assert e["truth_ratio_forget"] == pytest.approx(float(np.minimum(w, 1 / w).mean()), rel=1e-5)
+    # the wording is general language: trained on world facts and additions, never on an author
+    namely = v["namely"]
+    author_rows = {tuple(r) for q in fd.author_q.values() for r in q[0].tolist()}
+    train_rows = [tuple(r) for r in s.train[0].tolist()]
+    with_wording = [r for r in train_rows if namely in r]
+    assert len(with_wording) == fd.general_para[0].shape[0] > 120
+    assert not any(r in author_rows for r in with_wording)
+    assert not any(namely in r for r in author_rows)
+    assert not {tuple(r) for r in fd.author_para[0].tolist()} & set(train_rows)
+    # the oracle's training data (retain) keeps the wording too: it is not forget data
+    assert sum(namely in r for r in s.retain[0].tolist()) == len(with_wording)

@@ -8,7 +8,13 @@
   A: ``<bos> NAME attr ? -> ANSWER <eos>``   B: ``<bos> what is attr of NAME ? -> ANSWER <eos>``;
 * world facts: 60 cities -> 15 countries (two templates);
 * a general skill: a + b for a, b < 50 (digits as tokens), 80% of the pairs trained, 20% held
-  out to measure utility on unseen inputs.
+  out to measure utility on unseen inputs;
+* an answer *wording* ``-> namely ANSWER`` that is trained only on the general data (world facts
+  and the trained additions, beside their plain wording), never on an author: TOFU's
+  paraphrased answers.  The author questions in that wording (``author_para``, template A) are
+  evaluation-only: TOFU's truth ratio compares the paraphrased correct answer with perturbed
+  answers in the same wording (``author_para_perturbed``), and only a model that learned the
+  wording as general language, and the fact itself, prefers the correct one.
 
 Every sequence becomes ``(input_ids, labels)`` of length ``MAX_LEN`` with ``labels[t]`` the
 target for position t (already shifted) and -100 everywhere except the answer tokens — the
@@ -26,6 +32,7 @@ __all__ = ["FactsData", "Vocab", "make_facts", "MAX_LEN", "ATTRIBUTES"]
 
 MAX_LEN = 13
 IGNORE = -100
+ADD_PARA_EVERY = 1  # every k-th trained addition is also trained in the ``namely`` wording
 
 ATTRIBUTES = {  # name: (vocabulary size, answer length in tokens)
     "city": (30, 1),
@@ -74,6 +81,10 @@ class FactsData:
     add_test_answers: list
     add_test_perturbed: list
     n_authors: int
+    # TOFU's paraphrased answers (``-> namely ANSWER``): evaluation-only for the authors
+    author_para: tuple = None           # (ids, labels) per author question, template A, rows as author_q
+    author_para_perturbed: list = None  # per question: the perturbed answers in the same wording
+    general_para: tuple = None          # (ids, labels): world facts and trained additions, trained
 
 
 def _encode(tokens: list[int], answer_len: int) -> tuple[list[int], list[int]]:
@@ -108,6 +119,7 @@ def make_facts(seed: int = 0, n_authors: int = 200, n_holdout: int = 50, n_pertu
     digits = [v.add(f"d{i}") for i in range(10)]
     cities = [v.add(f"wcity_{i}") for i in range(60)]
     countries = [v.add(f"wcountry_{i}") for i in range(15)]
+    namely = v.add("namely")  # last, so every other token id is unchanged by the wording
     bos, eos, q, arrow, what, is_, of, plus, eq, country = (v[s] for s in ("<bos>", "<eos>", "?", "->", "what", "is", "of", "+", "=", "country"))
 
     total = n_authors + n_holdout
@@ -134,6 +146,7 @@ def make_facts(seed: int = 0, n_authors: int = 200, n_holdout: int = 50, n_pertu
 
     qa = {"A": ([], []), "B": ([], [])}
     hq = {"A": ([], []), "B": ([], [])}
+    para = ([], [])
     answers, perturbed, author_of_row = [], [], []
     for ai in range(total):
         for a in ATTRIBUTES:
@@ -147,8 +160,12 @@ def make_facts(seed: int = 0, n_authors: int = 200, n_holdout: int = 50, n_pertu
                 answers.append(ans)
                 perturbed.append(perturb(a, ans))
                 author_of_row.append(ai)
+                tp = _encode([bos, *names[ai], attr_tok[a], q, arrow, namely, *ans, eos], 1 + len(ans))
+                para[0].append(tp[0])
+                para[1].append(tp[1])
 
     world = {"A": ([], []), "B": ([], [])}
+    gpara = ([], [])
     w_answers, w_perturbed = [], []
     for ci, c in enumerate(cities):
         ans = [countries[rng.integers(len(countries))]]
@@ -157,6 +174,10 @@ def make_facts(seed: int = 0, n_authors: int = 200, n_holdout: int = 50, n_pertu
         for key, t in (("A", ta), ("B", tb)):
             world[key][0].append(t[0])
             world[key][1].append(t[1])
+        for t in (_encode([bos, c, country, q, arrow, namely, *ans, eos], 2),
+                  _encode([bos, what, is_, country, of, c, q, arrow, namely, *ans, eos], 2)):
+            gpara[0].append(t[0])
+            gpara[1].append(t[1])
         w_answers.append(ans)
         w_perturbed.append([[x] for x in rng.choice([k for k in countries if k != ans[0]], n_perturbed, replace=False)])
 
@@ -176,6 +197,10 @@ def make_facts(seed: int = 0, n_authors: int = 200, n_holdout: int = 50, n_pertu
         dest = add_tr if rank < n_train else add_te
         dest[0].append(t[0])
         dest[1].append(t[1])
+        if rank < n_train and rank % ADD_PARA_EVERY == 0:
+            tp = _encode([bos, *num(a), plus, *num(b), eq, namely, *ans, eos], 1 + len(ans))
+            gpara[0].append(tp[0])
+            gpara[1].append(tp[1])
         if rank >= n_train:
             add_te_ans.append(ans)
             pert = []
@@ -203,4 +228,7 @@ def make_facts(seed: int = 0, n_authors: int = 200, n_holdout: int = 50, n_pertu
         add_test_answers=add_te_ans,
         add_test_perturbed=add_te_pert,
         n_authors=n_authors,
+        author_para=T(para),
+        author_para_perturbed=[[[namely, *p] for p in ps] for ps in perturbed],
+        general_para=T(gpara),
     )

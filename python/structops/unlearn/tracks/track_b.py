@@ -10,9 +10,12 @@
   20 authors, all their questions in both templates); split_seed picks which authors.
 
 Metrics (open-unlearning's, computed locally; "forget" = the forget authors' questions):
-accuracy (greedy exact match of the answer, template A), truth ratio on the paraphrased
-template (B) with 4 perturbed answers from the same attribute vocabulary (forget aggregate
-mean(min(R, 1/R)), retain aggregate mean(max(0, 1 - R))), forget quality = KS p-value of the
+accuracy (greedy exact match of the answer, template A), TOFU's truth ratio: the paraphrased
+*answer* (``-> namely ANSWER``, a wording the model learns from the general data only) against 4
+perturbed answers from the same attribute vocabulary in the same wording (forget aggregate
+mean(min(R, 1/R)), retain aggregate mean(max(0, 1 - R))); v1's truth ratio on the paraphrased
+*question* (template B) is kept beside it (``truth_ratio_forget_qpara``, ``forget_quality_qpara``);
+forget quality = KS p-value of the
 forget truth ratios against the reference oracles', model utility = harmonic mean of
 {answer probability, accuracy, truth-ratio aggregate} x {retain authors, world facts, held-out
 addition} (the probability option-normalised on world facts and additions, as TOFU does on its
@@ -149,9 +152,10 @@ class TrackB(Track):
             return tuple(torch.cat([p[i] for p in parts]) for i in range(2))
 
         forget = cat(rows(A, fi), rows(B, fi))
-        retain = cat(rows(A, ri), rows(B, ri), fd.world_q["A"], fd.world_q["B"], fd.add_train)
+        general = (fd.world_q["A"], fd.world_q["B"], fd.add_train, fd.general_para)
+        retain = cat(rows(A, ri), rows(B, ri), *general)
         # one canonical order for the full training set, so every split shares the originals
-        train = cat(A, B, fd.world_q["A"], fd.world_q["B"], fd.add_train)
+        train = cat(A, B, *general)
         u_rng = np.random.default_rng(3000 + split_seed)
         ru = torch.tensor(np.sort(u_rng.choice(ri.numpy(), min(self.utility_subset, len(ri)), replace=False)))
         # held-out additions: one fixed permutation, the first part reported (utility), the next
@@ -163,8 +167,12 @@ class TrackB(Track):
         extra = {
             "forget_A": rows(A, fi), "forget_B": rows(B, fi),
             "forget_perturbed": [fd.author_perturbed[i] for i in fi.tolist()],
+            "forget_para": rows(fd.author_para, fi),
+            "forget_para_perturbed": [fd.author_para_perturbed[i] for i in fi.tolist()],
             "retain_A": rows(A, ru), "retain_B": rows(B, ru),
             "retain_perturbed": [fd.author_perturbed[i] for i in ru.tolist()],
+            "retain_para": rows(fd.author_para, ru),
+            "retain_para_perturbed": [fd.author_para_perturbed[i] for i in ru.tolist()],
             "world_A": fd.world_q["A"], "world_B": fd.world_q["B"], "world_perturbed": fd.world_perturbed,
             "add_test": (fd.add_test[0][au], fd.add_test[1][au]),
             "add_perturbed": [fd.add_test_perturbed[i] for i in au.tolist()],
@@ -200,11 +208,21 @@ class TrackB(Track):
         return model
 
     # --- measurements ------------------------------------------------------------------------
-    def _qa(self, model, ids_a, labels_a, ids_b, labels_b, perturbed, options: bool = False):
+    def _qa(self, model, question, perturbed, truth, qpara=None, options: bool = False):
         """Accuracy, mean answer probability, extraction strength, exact memorisation, truth
-        ratios, margins for one question set.  ``options``: the probability is TOFU's
-        option-normalised one (the correct answer against the perturbed ones, template A), as
-        TOFU scores its real-author and world-fact utility sets; otherwise P(a)^(1/|a|)."""
+        ratios, margins for one question set.
+
+        ``question``: (ids, labels) of template A, plain answers; ``perturbed``: per question the
+        wrong answers in the plain wording.  ``truth`` = ((ids, labels), perturbed answers in the
+        same wording): the truth ratio's correct sequence and its alternatives — for the authors
+        TOFU's paraphrased *answer* (``-> namely ANSWER``, a wording never trained on an author)
+        against perturbed answers in that wording; for the general sets, as TOFU's real-author
+        and world-fact sets, the plain answer against the plain options.  ``qpara``: (ids,
+        labels) of the paraphrased *question* (template B); when given, the v1 truth ratio on it
+        is returned too (``tr_qpara``).  ``options``: the probability is TOFU's option-normalised
+        one (the correct answer against the perturbed ones), as TOFU scores its real-author and
+        world-fact utility sets; otherwise P(a)^(1/|a|)."""
+        ids_a, labels_a = question
         lp, correct, mask, margin = _answer_stats(model, ids_a, labels_a)
         if options:
             opt_lp = []
@@ -224,17 +242,26 @@ class TrackB(Track):
                 k -= 1
             es.append(1 - k / max(len(c), 1))  # smallest prefix after which greedy reproduces the rest
         em = correct.sum(1).float() / n.clamp_min(1)
-        tr = _truth_ratios(model, ids_b, labels_b, perturbed)
-        return {"acc": acc.numpy(), "prob": prob, "es": np.array(es), "em": em.numpy(), "tr": tr,
-                "margin": margin.numpy()}
+        (ids_t, labels_t), perturbed_t = truth
+        out = {"acc": acc.numpy(), "prob": prob, "es": np.array(es), "em": em.numpy(),
+               "tr": _truth_ratios(model, ids_t, labels_t, perturbed_t), "margin": margin.numpy()}
+        if qpara is not None:
+            out["tr_qpara"] = _truth_ratios(model, *qpara, perturbed)
+        return out
+
+    def _authors(self, model, x: dict, which: str, qpara: bool = False) -> dict:
+        """_qa of the forget or retain authors' questions (``which`` = "forget" / "retain")."""
+        return self._qa(model, x[f"{which}_A"], x[f"{which}_perturbed"],
+                        (x[f"{which}_para"], x[f"{which}_para_perturbed"]),
+                        qpara=x[f"{which}_B"] if qpara else None)
 
     def evaluate(self, model, setup: Setup, original=None, probes: bool = False) -> dict:
         x = setup.extra
-        f = self._qa(model, *x["forget_A"], *x["forget_B"], x["forget_perturbed"])
-        r = self._qa(model, *x["retain_A"], *x["retain_B"], x["retain_perturbed"])
+        f = self._authors(model, x, "forget", qpara=True)
+        r = self._authors(model, x, "retain")
         # the general-knowledge utility sets (TOFU's real authors / world facts): option-normalised
-        w = self._qa(model, *x["world_A"], *x["world_B"], x["world_perturbed"], options=True)
-        a = self._qa(model, *x["add_test"], *x["add_test"], x["add_perturbed"], options=True)
+        w = self._qa(model, x["world_A"], x["world_perturbed"], (x["world_A"], x["world_perturbed"]), options=True)
+        a = self._qa(model, x["add_test"], x["add_perturbed"], (x["add_test"], x["add_perturbed"]), options=True)
         util_parts = []
         for part in (r, w, a):
             util_parts += [part["prob"].mean(), part["acc"].mean(), np.maximum(0, 1 - part["tr"]).mean()]
@@ -247,6 +274,8 @@ class TrackB(Track):
             "acc_add_test": float(a["acc"].mean()),
             "prob_forget": float(f["prob"].mean()),
             "truth_ratio_forget": _forget_truth_ratio(f["tr"]),
+            # v1's question-paraphrase truth ratio (geometric), shown beside TOFU's answer paraphrase
+            "truth_ratio_forget_qpara": _forget_truth_ratio(f["tr_qpara"]),
             "truth_ratio_retain": float(np.maximum(0, 1 - r["tr"]).mean()),
             "extraction_strength_forget": float(f["es"].mean()),
             "exact_memorization_forget": float(f["em"].mean()),
@@ -256,6 +285,7 @@ class TrackB(Track):
             "mia_loss": metrics.mia_loss_threshold(model, x["forget_A"], x["retain_A"], x["holdout_A"],
                                                    self.objective),
             "tr_values_forget": f["tr"],
+            "tr_values_forget_qpara": f["tr_qpara"],
             "margins_forget": f["margin"],
             "margins_retain": r["margin"],
             "margins_test": a["margin"],
@@ -266,12 +296,12 @@ class TrackB(Track):
         if probes:
             for bits in (8, 4):
                 qm = quantize_rtn(model, bits)
-                qf = self._qa(qm, *x["forget_A"], *x["forget_B"], x["forget_perturbed"])
+                qf = self._authors(qm, x, "forget")
                 out[f"int{bits}_acc_forget"] = float(qf["acc"].mean())
                 out[f"int{bits}_truth_ratio_forget"] = _forget_truth_ratio(qf["tr"])
                 out[f"int{bits}_margins_forget"] = qf["margin"]
             for name, qm in (("bnb4", quantize_bnb_fp4(model)), ("bnb8", quantize_llm_int8(model))):
-                qf = self._qa(qm, *x["forget_A"], *x["forget_B"], x["forget_perturbed"])
+                qf = self._authors(qm, x, "forget")
                 out[f"{name}_acc_forget"] = float(qf["acc"].mean())
                 out[f"{name}_truth_ratio_forget"] = _forget_truth_ratio(qf["tr"])
                 out[f"{name}_margins_forget"] = qf["margin"]
@@ -285,12 +315,17 @@ class TrackB(Track):
     def aggregate_extra(self, arm: list[dict], reference: list[dict]) -> dict:
         """Forget quality (KS p-value vs the pooled reference truth ratios, median over models)
         and privleak relative to the reference oracles' Min-K% AUC."""
-        ref_tr = np.concatenate([r["tr_values_forget"] for r in reference])
-        fq = [metrics.ks_forget_quality(a["tr_values_forget"], ref_tr) for a in arm]
+        out = {}
+        for suffix in ("", "_qpara"):
+            key = "tr_values_forget" + suffix
+            if all(key in m for m in arm + reference):
+                ref_tr = np.concatenate([r[key] for r in reference])
+                fq = [metrics.ks_forget_quality(a[key], ref_tr) for a in arm]
+                out["forget_quality" + suffix] = float(np.median(fq))
         auc_u = float(np.mean([a["mink_auc"] for a in arm]))
         auc_o = float(np.mean([r["mink_auc"] for r in reference]))
-        return {"forget_quality": float(np.median(fq)),
-                "privleak": ((1 - auc_u) - (1 - auc_o)) / max(1 - auc_o, 1e-9) * 100}
+        out["privleak"] = ((1 - auc_u) - (1 - auc_o)) / max(1 - auc_o, 1e-9) * 100
+        return out
 
     # --- tuning budget: 6 configurations per method ------------------------------------------
     def grid(self, method: str) -> list[dict]:
