@@ -78,6 +78,7 @@ bench-cpp: build
 	$(VENV)/bin/cmake --build build/bench
 	build/bench/bench/cpp/bench_monarch_cpu
 	build/bench/bench/cpp/bench_butterfly_cpu
+	build/bench/bench/cpp/bench_sparse_lowrank_cpu
 	if [ -x build/bench/bench/cpp/bench_monarch_cuda ]; then build/bench/bench/cpp/bench_monarch_cuda; fi
 
 # A wheel of the extension in dist/, built against .venv's torch (its metadata pins
