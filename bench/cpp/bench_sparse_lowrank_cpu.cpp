@@ -81,15 +81,9 @@ void run_case(int threads, int64_t tokens, int64_t rows, int64_t cols, int64_t p
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = argc > 1 ? std::atoi(argv[1]) : static_cast<int>(std::thread::hardware_concurrency());
-  if (threads < 1) threads = 1;
+  int threads = 1;
   std::vector<int64_t> cases;
-  for (int i = 2; i < argc; ++i) cases.push_back(std::atoll(argv[i]));
-  if (cases.empty()) cases = {4096, 1024, 1024, 30, 4096, 4096, 1024, 30};
-  if (cases.size() % 4) {
-    std::fprintf(stderr, "usage: %s [threads] [tokens out in density_permille]...\n", argv[0]);
-    return 2;
-  }
+  if (!structops_bench::parse_cases(argc, argv, 4, {4096, 1024, 1024, 30, 4096, 4096, 1024, 30}, "tokens out in density_permille", &threads, &cases)) return 2;
   for (size_t i = 0; i < cases.size(); i += 4) run_case(threads, cases[i], cases[i + 1], cases[i + 2], cases[i + 3]);
   return 0;
 }

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -35,6 +36,22 @@ inline void report(const std::string& name, const std::string& shape, double sec
   std::printf("{\"bench\": \"%s\", \"shape\": \"%s\", \"ms\": %.3f, \"gflops\": %.1f}\n", name.c_str(),
               shape.c_str(), seconds * 1e3, flops / seconds / 1e9);
   std::fflush(stdout);
+}
+
+// Command line of every microbenchmark: argv = [threads] [case values...], `arity` values per
+// case; no case values -> `defaults`.  Returns false (usage printed) on a ragged case list.
+inline bool parse_cases(int argc, char** argv, int arity, std::vector<int64_t> defaults, const char* case_usage,
+                        int* threads, std::vector<int64_t>* cases) {
+  *threads = argc > 1 ? std::atoi(argv[1]) : static_cast<int>(std::thread::hardware_concurrency());
+  if (*threads < 1) *threads = 1;
+  cases->clear();
+  for (int i = 2; i < argc; ++i) cases->push_back(std::atoll(argv[i]));
+  if (cases->empty()) *cases = std::move(defaults);
+  if (cases->size() % arity) {
+    std::fprintf(stderr, "usage: %s [threads] [%s]...\n", argv[0], case_usage);
+    return false;
+  }
+  return true;
 }
 
 // Executor for the torch-free CPU kernels: body(i) for i in [0, n) on `threads` std::threads
