@@ -410,8 +410,13 @@ def _provenance() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
+    try:  # uncommitted edits in structops/unlearn: the commit alone does not describe the code
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True, text=True,
+                                    cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        dirty = None
     blas = "mkl" if torch.backends.mkl.is_available() else "other"
-    return {"command": " ".join(sys.argv), "commit": commit, "torch": torch.__version__, "blas": blas,
+    return {"command": " ".join(sys.argv), "commit": commit, "code_dirty": dirty, "torch": torch.__version__, "blas": blas,
             "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version()}
 
@@ -428,6 +433,7 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
     n = cfg.seeds
     tune_n = max(1, cfg.tune_seeds)
     started = time.perf_counter()
+    provenance = _provenance()  # at the start: the commit that runs, not the one checked out at the end
     orig_seeds = list(range(n))
     ref_seeds = list(range(ORACLE_SEED0 + n, ORACLE_SEED0 + 2 * n))
     arm_oracle_seeds = list(range(ORACLE_SEED0, ORACLE_SEED0 + n))
@@ -601,7 +607,7 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
                         "report_splits": list(cfg.fresh_splits)},
         "model_seeds": {"tuning_originals": tune_orig_seeds, "tuning_oracles": tune_ref_seeds,
                         "originals": orig_seeds, "oracle_arm": arm_oracle_seeds, "reference_oracles": ref_seeds},
-        "provenance": _provenance(),
+        "provenance": provenance,
         "timing": {"models_s": t_models, "tuning_s": t_tune, "variant_models_s": t_variants, "report_s": t_report,
                    "total_s": time.perf_counter() - started},
     }
