@@ -32,7 +32,6 @@ __all__ = ["FactsData", "Vocab", "make_facts", "MAX_LEN", "ATTRIBUTES"]
 
 MAX_LEN = 13
 IGNORE = -100
-ADD_PARA_EVERY = 1  # every k-th trained addition is also trained in the ``namely`` wording
 
 ATTRIBUTES = {  # name: (vocabulary size, answer length in tokens)
     "city": (30, 1),
@@ -197,7 +196,7 @@ def make_facts(seed: int = 0, n_authors: int = 200, n_holdout: int = 50, n_pertu
         dest = add_tr if rank < n_train else add_te
         dest[0].append(t[0])
         dest[1].append(t[1])
-        if rank < n_train and rank % ADD_PARA_EVERY == 0:
+        if rank < n_train:  # every trained addition also in the ``namely`` wording
             tp = _encode([bos, *num(a), plus, *num(b), eq, namely, *ans, eos], 1 + len(ans))
             gpara[0].append(tp[0])
             gpara[1].append(tp[1])

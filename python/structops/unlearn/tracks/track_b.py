@@ -208,7 +208,7 @@ class TrackB(Track):
         return model
 
     # --- measurements ------------------------------------------------------------------------
-    def _qa(self, model, question, perturbed, truth, qpara=None, options: bool = False):
+    def _qa(self, model, question, perturbed, truth=None, qpara=None, options: bool = False):
         """Accuracy, mean answer probability, extraction strength, exact memorisation, truth
         ratios, margins for one question set.
 
@@ -216,20 +216,23 @@ class TrackB(Track):
         wrong answers in the plain wording.  ``truth`` = ((ids, labels), perturbed answers in the
         same wording): the truth ratio's correct sequence and its alternatives — for the authors
         TOFU's paraphrased *answer* (``-> namely ANSWER``, a wording never trained on an author)
-        against perturbed answers in that wording; for the general sets, as TOFU's real-author
-        and world-fact sets, the plain answer against the plain options.  ``qpara``: (ids,
+        against perturbed answers in that wording; ``None`` (the general sets, as TOFU's
+        real-author and world-fact sets): the plain answer against the plain options, reusing
+        the option log-probs when ``options`` computed them.  ``qpara``: (ids,
         labels) of the paraphrased *question* (template B); when given, the v1 truth ratio on it
         is returned too (``tr_qpara``).  ``options``: the probability is TOFU's option-normalised
         one (the correct answer against the perturbed ones), as TOFU scores its real-author and
         world-fact utility sets; otherwise P(a)^(1/|a|)."""
         ids_a, labels_a = question
         lp, correct, mask, margin = _answer_stats(model, ids_a, labels_a)
+        opt_lp = None
         if options:
             opt_lp = []
             for j in range(len(perturbed[0])):
                 pi, pl = _replace_answer(ids_a, labels_a, [p[j] for p in perturbed])
                 opt_lp.append(_answer_stats(model, pi, pl)[0])
-            prob = metrics.option_normalised_probability(lp, torch.stack(opt_lp, 1))
+            opt_lp = torch.stack(opt_lp, 1)
+            prob = metrics.option_normalised_probability(lp, opt_lp)
         else:
             prob = lp.exp().numpy()
         n = mask.sum(1)
@@ -242,9 +245,14 @@ class TrackB(Track):
                 k -= 1
             es.append(1 - k / max(len(c), 1))  # smallest prefix after which greedy reproduces the rest
         em = correct.sum(1).float() / n.clamp_min(1)
-        (ids_t, labels_t), perturbed_t = truth
-        out = {"acc": acc.numpy(), "prob": prob, "es": np.array(es), "em": em.numpy(),
-               "tr": _truth_ratios(model, ids_t, labels_t, perturbed_t), "margin": margin.numpy()}
+        if truth is not None:
+            tr = _truth_ratios(model, *truth[0], truth[1])
+        elif opt_lp is not None:
+            tr = metrics.truth_ratio(opt_lp, lp)
+        else:
+            tr = _truth_ratios(model, ids_a, labels_a, perturbed)
+        out = {"acc": acc.numpy(), "prob": prob, "es": np.array(es), "em": em.numpy(), "tr": tr,
+               "margin": margin.numpy()}
         if qpara is not None:
             out["tr_qpara"] = _truth_ratios(model, *qpara, perturbed)
         return out
@@ -260,8 +268,8 @@ class TrackB(Track):
         f = self._authors(model, x, "forget", qpara=True)
         r = self._authors(model, x, "retain")
         # the general-knowledge utility sets (TOFU's real authors / world facts): option-normalised
-        w = self._qa(model, x["world_A"], x["world_perturbed"], (x["world_A"], x["world_perturbed"]), options=True)
-        a = self._qa(model, x["add_test"], x["add_perturbed"], (x["add_test"], x["add_perturbed"]), options=True)
+        w = self._qa(model, x["world_A"], x["world_perturbed"], options=True)
+        a = self._qa(model, x["add_test"], x["add_perturbed"], options=True)
         util_parts = []
         for part in (r, w, a):
             util_parts += [part["prob"].mean(), part["acc"].mean(), np.maximum(0, 1 - part["tr"]).mean()]
