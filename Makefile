@@ -49,16 +49,21 @@ build: $(VENV)/.build-stamp-$(STRUCTOPS_CUDA)
 # conftest checks the forced variant is the one in use); variants this CPU cannot run are
 # reported and skipped.  Nothing may depend on one CPU's rounding.  The packaging tests
 # (wheel build + fresh-venv install), the multi-process torch.distributed tests and the
-# end-to-end example runs do not depend on the variant and run in the first pass only.
+# end-to-end example runs do not depend on the variant and run in the first pass only.  Later
+# passes also leave out every test the first pass saw call no ISA-variant kernel (pure-torch
+# code: its result cannot change with the variant; tests/conftest.py keeps the record, per test
+# and per shared fixture, in $(VARIANT_RECORD)).
+VARIANT_RECORD := build/test-variant-calls.json
 test: build
 	@set -e; avail=$$($(PY) -c "import structops; print(structops.build_info()['cpu_isas_available'])"); \
-	first=1; \
+	first=1; rm -f $(VARIANT_RECORD); \
 	for isa in $$($(PY) -c "import structops; print(' '.join(structops.build_info()['cpu_isas_compiled'].split(',')))"); do \
 	  case ",$$avail," in \
 	    *,$$isa,*) \
-	      if [ $$first = 1 ]; then sel="not slow"; else sel="not slow and not packaging and not distributed and not example"; fi; \
-	      echo "=== make test: STRUCTOPS_CPU_ISA=$$isa (-m '$$sel') ==="; \
-	      STRUCTOPS_CPU_ISA=$$isa $(PY) -m pytest -q -m "$$sel" $(PYTEST_ARGS); first=0 ;; \
+	      if [ $$first = 1 ]; then sel="not slow"; rec="STRUCTOPS_TEST_VARIANT_RECORD=$(VARIANT_RECORD)"; \
+	      else sel="not slow and not packaging and not distributed and not example"; rec="STRUCTOPS_TEST_VARIANT_ONLY=$(VARIANT_RECORD)"; fi; \
+	      echo "=== make test: STRUCTOPS_CPU_ISA=$$isa (-m '$$sel', $$rec) ==="; \
+	      env $$rec STRUCTOPS_CPU_ISA=$$isa $(PY) -m pytest -q -m "$$sel" $(PYTEST_ARGS); first=0 ;; \
 	    *) echo "=== make test: skipping STRUCTOPS_CPU_ISA=$$isa: this CPU does not support it (available: $$avail) ===" ;; \
 	  esac; \
 	done

@@ -45,3 +45,40 @@ def test_import_without_gpu_in_fresh_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ,
                          "CUDA_VISIBLE_DEVICES": ""})
     assert out.returncode == 0 and out.stdout.strip() == "structops::monarch_matmul", out.stderr
+
+
+def _variant_calls_during(fn):
+    before = structops._C.cpu_variant_kernel_calls()
+    fn()
+    return structops._C.cpu_variant_kernel_calls() - before
+
+
+def test_every_isa_variant_kernel_call_is_counted():
+    """`make test`'s later passes skip the tests the first pass saw call no ISA-variant kernel
+    (tests/conftest.py), so a family whose dispatch is not counted would lose its coverage of the
+    other variants without anyone noticing.  Forward and backward of every family with variant
+    kernels must move the counter; pure-torch work must not."""
+    from structops.nn.sltrain import random_support
+
+    x = torch.randn(8, 16, requires_grad=True)
+    w1, w2 = torch.randn(4, 4, 4, requires_grad=True), torch.randn(4, 4, 4, requires_grad=True)
+    tw = torch.randn(1, 1, 4, 8, 2, 2, requires_grad=True)
+    xb = torch.randn(8, 1, 16, requires_grad=True)
+    B, A = torch.randn(16, 2, requires_grad=True), torch.randn(2, 16, requires_grad=True)
+    idx = random_support(16, 16, 0.25, torch.Generator().manual_seed(0))
+    v = torch.randn(idx.numel(), requires_grad=True)
+    cases = {
+        "monarch": lambda: structops.monarch_matmul(x, w1, w2),
+        "butterfly": lambda: structops.butterfly_multiply(tw, xb, True, 16),
+        "sparse_lowrank": lambda: structops.sparse_lowrank_linear(x, B, A, v, idx, 0.5),
+    }
+    old = os.environ.pop("STRUCTOPS_SPARSE_KERNEL", None)  # the CPU's own sparse kernels
+    try:
+        for family, op in cases.items():
+            out = []
+            assert _variant_calls_during(lambda: out.append(op())) > 0, f"{family} forward"
+            assert _variant_calls_during(lambda: out[0].sum().backward()) > 0, f"{family} backward"
+    finally:
+        if old is not None:
+            os.environ["STRUCTOPS_SPARSE_KERNEL"] = old
+    assert _variant_calls_during(lambda: (x @ x.T).sum().backward()) == 0

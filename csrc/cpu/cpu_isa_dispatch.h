@@ -10,7 +10,7 @@
 
 #include <cstring>
 
-#include "structops/monarch.h"  // monarch_cpu_isa
+#include "structops/monarch.h"  // cpu_isa_for_kernel_call
 
 #if STRUCTOPS_CPU_HAVE_X86
 #define STRUCTOPS_DECLARE_ISA_VARIANTS(DECLS) \
@@ -21,7 +21,7 @@
   }
 #define STRUCTOPS_DISPATCH_ISA(fn, ...)                                              \
   do {                                                                               \
-    const char* isa_ = monarch_cpu_isa();                                            \
+    const char* isa_ = cpu_isa_for_kernel_call();                                    \
     if (std::strcmp(isa_, "avx512") == 0) return cpu::avx512::fn(__VA_ARGS__);       \
     if (std::strcmp(isa_, "avx2") == 0) return cpu::avx2::fn(__VA_ARGS__);           \
     return cpu::generic::fn(__VA_ARGS__);                                            \
@@ -31,5 +31,9 @@
   namespace cpu {                             \
   namespace generic { DECLS }                 \
   }
-#define STRUCTOPS_DISPATCH_ISA(fn, ...) return cpu::generic::fn(__VA_ARGS__)
+#define STRUCTOPS_DISPATCH_ISA(fn, ...)                                              \
+  do {                                                                               \
+    (void)cpu_isa_for_kernel_call(); /* counted */                                   \
+    return cpu::generic::fn(__VA_ARGS__);                                            \
+  } while (0)
 #endif

@@ -1,4 +1,5 @@
 // Run-time selection of the CPU kernel variant (compiled with baseline flags).
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -124,26 +125,35 @@ const Isa& select() {
     if (supported(isa.name)) return isa;
   return kIsas[sizeof(kIsas) / sizeof(kIsas[0]) - 1];
 }
+
+std::atomic<int64_t> g_variant_kernel_calls{0};
+
+const Isa& select_for_kernel_call() {
+  g_variant_kernel_calls.fetch_add(1, std::memory_order_relaxed);
+  return select();
+}
 }  // namespace
 }  // namespace cpu
 
 void monarch_forward_cpu(const MonarchForwardParams& params, const CpuExecutor& exec) {
-  cpu::select().forward(params, exec);
+  cpu::select_for_kernel_call().forward(params, exec);
 }
 
 void monarch_backward_cpu(const MonarchBackwardParams& params, const CpuExecutor& exec) {
-  cpu::select().backward(params, exec);
+  cpu::select_for_kernel_call().backward(params, exec);
 }
 
 void permute_rows_cpu(DType dtype, const void* src, int64_t src_ld, void* dst, int64_t dst_ld, int64_t rows,
                       int64_t a, int64_t b, const CpuExecutor& exec) {
-  cpu::select().permute_rows(dtype, src, src_ld, dst, dst_ld, rows, a, b, exec);
+  cpu::select_for_kernel_call().permute_rows(dtype, src, src_ld, dst, dst_ld, rows, a, b, exec);
 }
 
 void* monarch_cpu_scratch_acquire(int64_t bytes, int64_t* capacity) { return cpu::scratch_acquire(bytes, capacity); }
 void monarch_cpu_scratch_release(void* ptr, int64_t capacity) { cpu::scratch_release(ptr, capacity); }
 
 const char* monarch_cpu_isa() { return cpu::select().name; }
+const char* cpu_isa_for_kernel_call() { return cpu::select_for_kernel_call().name; }
+int64_t cpu_variant_kernel_calls() { return cpu::g_variant_kernel_calls.load(std::memory_order_relaxed); }
 
 void monarch_cpu_release_scratch() {
   std::lock_guard<std::mutex> lock(cpu::g_scratch_mutex);

@@ -42,4 +42,7 @@ PYBIND11_MODULE(_C, m) {
   }, "Versions, CUDA archs and CPU instruction-set variants this build contains.");
   m.def("cpu_isa", [] { return std::string(structops::monarch_cpu_isa()); },
         "CPU kernel variant in use now (honours the STRUCTOPS_CPU_ISA environment variable).");
+  m.def("cpu_variant_kernel_calls", [] { return structops::cpu_variant_kernel_calls(); },
+        "Calls of ISA-variant CPU kernels since the library loaded (the test suite uses it to "
+        "find the tests whose results can depend on the variant).");
 }

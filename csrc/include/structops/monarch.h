@@ -110,6 +110,12 @@ void monarch_backward_cpu(const MonarchBackwardParams& params, const CpuExecutor
 // "generic".  The environment variable STRUCTOPS_CPU_ISA (same names) can force a lower one
 // (tests use it to cover every variant); an unsupported request falls back to the best one.
 const char* monarch_cpu_isa();
+// The same selection, for one call of an ISA-variant kernel: every dispatch to a variant goes
+// through here and is counted (cpu_variant_kernel_calls(): calls since the library loaded).
+// `make test` uses the count to run only the tests whose results can depend on the variant in
+// its second and later passes (tests/conftest.py).
+const char* cpu_isa_for_kernel_call();
+int64_t cpu_variant_kernel_calls();
 // Comma-separated list of the variants usable on this machine, best first.
 const char* monarch_cpu_available_isas();
 
