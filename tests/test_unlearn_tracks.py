@@ -340,6 +340,24 @@ class _Bigram(torch.nn.Module):
         return self.table[ids]
 
 
+def test_track_b_training_targets_are_consistent():
+    """No two training rows of Track B may ask for different next tokens after the same prefix:
+    such a contradiction cannot be fitted, so the originals never reach the training-accuracy
+    stop and every model trains for all its epochs (the answer wording once scored ``namely``
+    after the same ``... ? ->`` its plain row answers).  Checked on every scored position of
+    the originals' training set; it also needs the originals' data to fit."""
+    t = TrackB()
+    s = t.setup("forget05", 1)
+    ids, labels = s.train
+    target = {}
+    for row, lab in zip(ids.tolist(), labels.tolist()):
+        for pos, want in enumerate(lab):
+            if want != -100:
+                prev = target.setdefault(tuple(row[:pos + 1]), want)
+                assert prev == want, ("contradictory targets after", row[:pos + 1], prev, want)
+    assert len(target) >= ids.shape[0]
+
+
 def test_track_b_truth_ratio_uses_tofus_paraphrased_answer():
     """TOFU's truth ratio, hand-computed: the paraphrased correct *answer* (``-> namely ANSWER``)
     against the perturbed answers in the same wording, each scored by its length-normalised
@@ -361,9 +379,8 @@ def test_track_b_truth_ratio_uses_tofus_paraphrased_answer():
     want, want_q = [], []
     for i in forget_rows:
         ans, pert = fd.author_answers[i], fd.author_perturbed[i]
-        para = [v["namely"], *ans]
-        base = mean_lp(v["->"], para)
-        want.append(np.exp(np.mean([mean_lp(v["->"], [v["namely"], *p]) for p in pert]) - base))
+        base = mean_lp(v["namely"], ans)
+        want.append(np.exp(np.mean([mean_lp(v["namely"], p) for p in pert]) - base))
         want_q.append(np.exp(np.mean([mean_lp(v["->"], p) for p in pert]) - mean_lp(v["->"], ans)))
     e = t.evaluate(model, s)
     assert np.allclose(e["tr_values_forget"], want, rtol=1e-5)

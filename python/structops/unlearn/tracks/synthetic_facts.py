@@ -14,7 +14,11 @@
   paraphrased answers.  The author questions in that wording (``author_para``, template A) are
   evaluation-only: TOFU's truth ratio compares the paraphrased correct answer with perturbed
   answers in the same wording (``author_para_perturbed``), and only a model that learned the
-  wording as general language, and the fact itself, prefers the correct one.
+  wording as general language, and the fact itself, prefers the correct one.  ``namely`` is
+  part of the prompt, not of the scored answer: scoring it would ask the position after ``->``
+  to predict ``namely`` in one row and the answer in the same question's plain row — a
+  contradiction no model can fit (until 2026-12-02 it was scored: training accuracy stalled at
+  0.86, world facts at 0.58, and every model ran all 80 epochs).
 
 Every sequence becomes ``(input_ids, labels)`` of length ``MAX_LEN`` with ``labels[t]`` the
 target for position t (already shifted) and -100 everywhere except the answer tokens — the
@@ -82,7 +86,7 @@ class FactsData:
     n_authors: int
     # TOFU's paraphrased answers (``-> namely ANSWER``): evaluation-only for the authors
     author_para: tuple = None           # (ids, labels) per author question, template A, rows as author_q
-    author_para_perturbed: list = None  # per question: the perturbed answers in the same wording
+    author_para_perturbed: list = None  # per question: the perturbed answers (scored after ``namely``)
     general_para: tuple = None          # (ids, labels): world facts and trained additions, trained
 
 
@@ -159,7 +163,7 @@ def make_facts(seed: int = 0, n_authors: int = 200, n_holdout: int = 50, n_pertu
                 answers.append(ans)
                 perturbed.append(perturb(a, ans))
                 author_of_row.append(ai)
-                tp = _encode([bos, *names[ai], attr_tok[a], q, arrow, namely, *ans, eos], 1 + len(ans))
+                tp = _encode([bos, *names[ai], attr_tok[a], q, arrow, namely, *ans, eos], len(ans))
                 para[0].append(tp[0])
                 para[1].append(tp[1])
 
@@ -173,8 +177,8 @@ def make_facts(seed: int = 0, n_authors: int = 200, n_holdout: int = 50, n_pertu
         for key, t in (("A", ta), ("B", tb)):
             world[key][0].append(t[0])
             world[key][1].append(t[1])
-        for t in (_encode([bos, c, country, q, arrow, namely, *ans, eos], 2),
-                  _encode([bos, what, is_, country, of, c, q, arrow, namely, *ans, eos], 2)):
+        for t in (_encode([bos, c, country, q, arrow, namely, *ans, eos], 1),
+                  _encode([bos, what, is_, country, of, c, q, arrow, namely, *ans, eos], 1)):
             gpara[0].append(t[0])
             gpara[1].append(t[1])
         w_answers.append(ans)
@@ -197,7 +201,7 @@ def make_facts(seed: int = 0, n_authors: int = 200, n_holdout: int = 50, n_pertu
         dest[0].append(t[0])
         dest[1].append(t[1])
         if rank < n_train:  # every trained addition also in the ``namely`` wording
-            tp = _encode([bos, *num(a), plus, *num(b), eq, namely, *ans, eos], 1 + len(ans))
+            tp = _encode([bos, *num(a), plus, *num(b), eq, namely, *ans, eos], len(ans))
             gpara[0].append(tp[0])
             gpara[1].append(tp[1])
         if rank >= n_train:
@@ -228,6 +232,6 @@ def make_facts(seed: int = 0, n_authors: int = 200, n_holdout: int = 50, n_pertu
         add_test_perturbed=add_te_pert,
         n_authors=n_authors,
         author_para=T(para),
-        author_para_perturbed=[[[namely, *p] for p in ps] for ps in perturbed],
+        author_para_perturbed=[[list(p) for p in ps] for ps in perturbed],
         general_para=T(gpara),
     )
