@@ -23,7 +23,8 @@ TESTS = ["tests/test_unlearn_methods.py", "tests/test_unlearn_metrics.py", "test
          "tests/test_unlearn_tracks.py::test_oracle_free_choice_uses_no_oracle_quantity",
          "tests/test_unlearn_tracks.py::test_track_a_variant_originals",
          "tests/test_unlearn_tracks.py::test_protocol_runs_methods_on_their_variant_originals",
-         "tests/test_unlearn_tracks.py::test_track_b_truth_ratio_uses_tofus_paraphrased_answer"]
+         "tests/test_unlearn_tracks.py::test_track_b_truth_ratio_uses_tofus_paraphrased_answer",
+         "tests/test_unlearn_tracks.py::test_track_b_training_targets_are_consistent"]
 
 
 def _noop_method(name):
@@ -138,8 +139,27 @@ def _mutations():
         import structops.unlearn.tracks.track_b as tb
         tb.make_facts = make
 
+    def namely_scored(unlearn):  # the answer wording's "namely" scored: contradictory targets
+        from structops.unlearn.tracks import synthetic_facts
+
+        orig = synthetic_facts.make_facts
+
+        def make(*a, **k):
+            fd = orig(*a, **k)
+            namely = fd.vocab["namely"]
+            ids, labels = fd.general_para
+            labels = labels.clone()
+            rows, cols = torch.nonzero(ids == namely, as_tuple=True)
+            labels[rows, cols - 1] = namely
+            fd.general_para = (ids, labels)
+            return fd
+        synthetic_facts.make_facts = make
+        import structops.unlearn.tracks.track_b as tb
+        tb.make_facts = make
+
     muts = {
         "truth_ratio_question_paraphrase": truth_ratio_question_paraphrase,
+        "namely_scored": namely_scored,
         "wording_trained_on_authors": wording_trained_on_authors,
         "sparse_no_rewind": sparse_no_rewind,
         "gr_ignored": gr_ignored,
