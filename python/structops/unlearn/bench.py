@@ -343,7 +343,8 @@ def main(argv=None) -> int:
     base = os.path.join("bench", "results", f"unlearn_{track.name}_{args.scenario}")
     json_path = args.json or base + ".json"
     png_path = args.png or base + ".png"
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    for out_path in (json_path, png_path):  # a fresh checkout has no bench/results/
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(json_path, "w") as f:
         json.dump(results, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
     try:
