@@ -126,36 +126,32 @@ def _mutations():
                             (x[f"{which}_B"], x[f"{which}_perturbed"]), qpara=x[f"{which}_B"] if qpara else None)
         TrackB._authors = authors
 
-    def wording_trained_on_authors(unlearn):  # the answer paraphrase becomes a trained template
+    def patch_facts(edit):  # Track B's data with `edit(fd)` applied after generation
         from structops.unlearn.tracks import synthetic_facts
+        import structops.unlearn.tracks.track_b as tb
 
         orig = synthetic_facts.make_facts
 
         def make(*a, **k):
             fd = orig(*a, **k)
-            fd.general_para = tuple(torch.cat([g, p]) for g, p in zip(fd.general_para, fd.author_para))
+            edit(fd)
             return fd
-        synthetic_facts.make_facts = make
-        import structops.unlearn.tracks.track_b as tb
-        tb.make_facts = make
+        synthetic_facts.make_facts = tb.make_facts = make
+
+    def wording_trained_on_authors(unlearn):  # the answer paraphrase becomes a trained template
+        def edit(fd):
+            fd.general_para = tuple(torch.cat([g, p]) for g, p in zip(fd.general_para, fd.author_para))
+        patch_facts(edit)
 
     def namely_scored(unlearn):  # the answer wording's "namely" scored: contradictory targets
-        from structops.unlearn.tracks import synthetic_facts
-
-        orig = synthetic_facts.make_facts
-
-        def make(*a, **k):
-            fd = orig(*a, **k)
+        def edit(fd):
             namely = fd.vocab["namely"]
             ids, labels = fd.general_para
             labels = labels.clone()
             rows, cols = torch.nonzero(ids == namely, as_tuple=True)
             labels[rows, cols - 1] = namely
             fd.general_para = (ids, labels)
-            return fd
-        synthetic_facts.make_facts = make
-        import structops.unlearn.tracks.track_b as tb
-        tb.make_facts = make
+        patch_facts(edit)
 
     muts = {
         "truth_ratio_question_paraphrase": truth_ratio_question_paraphrase,
