@@ -399,3 +399,42 @@ def test_track_b_truth_ratio_uses_tofus_paraphrased_answer():
     assert not {tuple(r) for r in fd.author_para[0].tolist()} & set(train_rows)
     # the oracle's training data (retain) keeps the wording too: it is not forget data
     assert sum(namely in r for r in s.retain[0].tolist()) == len(with_wording)
+
+
+def test_track_b_scored_path_equals_the_full_forward():
+    """TinyLM's scored path (columns after the last answer dropped, head on the answer rows only)
+    must give forward(ids)[mask]'s values, and the training loss / measurements built on it must
+    equal the ones computed from the full logits through CausalLM."""
+    from structops.unlearn.tracks import track_b as tb
+
+    t = TrackB()
+    torch.manual_seed(0)
+    model = t.new_model().double()
+    for p in model.parameters():  # a non-trivial model: every position's logits differ
+        p.data.add_(0.2 * torch.randn_like(p))
+    s = t.setup("forget05", 0)
+    ids, labels = s.train[0][:300], s.train[1][:300]
+    mask = labels != tb.IGNORE
+    assert mask[:, -1].sum() == 0  # the trailing columns really are cut, so the test sees the truncation
+    full = model(ids)
+    scored = model(ids, scored=mask)
+    assert scored.shape == (int(mask.sum()), full.shape[-1])
+    torch.testing.assert_close(scored, full[mask], rtol=1e-12, atol=1e-12)
+    # CausalLM.nll takes the scored path for TinyLM: loss and gradients equal the full forward's
+    tok_nll = -torch.log_softmax(full, -1).gather(-1, labels.masked_fill(~mask, 0)[..., None])[..., 0] * mask
+    s_nll, n_nll = t.objective.nll(model, (ids, labels))
+    torch.testing.assert_close(s_nll, tok_nll.sum(1), rtol=1e-12, atol=1e-12)
+    assert torch.equal(n_nll, mask.sum(1).to(n_nll.dtype))
+    g_scored = torch.autograd.grad(s_nll.sum(), model.head.weight)[0]
+    g_full = torch.autograd.grad(tok_nll.sum(), model.head.weight)[0]
+    torch.testing.assert_close(g_scored, g_full, rtol=1e-10, atol=1e-12)
+    lp, correct, m, margin = tb._answer_stats(model, ids, labels)
+    logp = torch.log_softmax(full, -1)
+    tok_lp = logp.gather(-1, labels.masked_fill(~mask, 0)[..., None])[..., 0] * mask
+    torch.testing.assert_close(lp.double(), tok_lp.sum(1) / mask.sum(1), rtol=1e-6, atol=1e-6)
+    assert torch.equal(correct, (logp.argmax(-1) == labels) & mask)
+    from structops.unlearn import metrics
+
+    assert tb._token_accuracy(model, ids, labels) == pytest.approx(metrics.accuracy(model, (ids, labels), t.objective))
+    with pytest.raises(ValueError, match="scored"):
+        model(ids, scored=mask.int())

@@ -87,8 +87,16 @@ class CausalLM(Objective):
 
     def nll(self, model, batch):
         ids, labels = batch[0], batch[1]
-        logits = _logits(model(ids))
         mask = labels != self.ignore_index
+        if getattr(model, "supports_scored_positions", False):
+            # the model computes the scored positions' logits only (model(ids, scored=mask) ->
+            # (mask.sum(), V), e.g. Track B's TinyLM): the same loss and gradients for a fraction
+            # of the head and softmax work.  scored_logprobs keeps the full forward, so K-FAC's
+            # layer hooks see every position as before.
+            tok = F.cross_entropy(_logits(model(ids, scored=mask)), labels[mask], reduction="none")
+            row = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(mask)[mask]
+            return tok.new_zeros(ids.shape[0]).index_add(0, row, tok), mask.sum(1).to(tok.dtype)
+        logits = _logits(model(ids))
         tok = F.cross_entropy(logits.transpose(1, 2), labels.masked_fill(~mask, 0), reduction="none")
         tok = tok * mask
         return tok.sum(1), mask.sum(1).to(tok.dtype)

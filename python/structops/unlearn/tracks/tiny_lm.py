@@ -33,7 +33,15 @@ class Block(nn.Module):
 class TinyLM(nn.Module):
     """Token + learned position embeddings, ``layers`` pre-LN blocks, final LN, linear head.
     ``forward(ids (B, T)) -> logits (B, T, V)``.  ``blocks.i`` outputs (the residual stream)
-    are the hidden states representation_projection edits."""
+    are the hidden states representation_projection edits.
+
+    ``forward(ids, scored=mask)`` (mask: bool (B, T)) returns only the scored positions' logits,
+    ``(mask.sum(), V)`` in row-major order — the same values as ``forward(ids)[mask]`` up to
+    float rounding, for about half the work on Track B (1.5 of 13 positions are answers): the
+    model is causal, so the columns after the last scored one are dropped before the blocks,
+    and the head and the softmax run on the scored rows only."""
+
+    supports_scored_positions = True  # CausalLM.nll may call forward(ids, scored=mask)
 
     def __init__(self, vocab: int, d: int = 96, layers: int = 2, heads: int = 4, max_len: int = 16):
         super().__init__()
@@ -44,8 +52,18 @@ class TinyLM(nn.Module):
         self.head = nn.Linear(d, vocab)
         self.unlearn_hidden_layers = tuple(f"blocks.{i}" for i in range(layers))
 
-    def forward(self, ids):
+    def forward(self, ids, scored=None):
+        if scored is not None:
+            if scored.shape != ids.shape or scored.dtype != torch.bool:
+                raise ValueError(f"TinyLM: scored must be a bool mask shaped like ids {tuple(ids.shape)}, "
+                                 f"got {scored.dtype} {tuple(scored.shape)}")
+            cols = torch.nonzero(scored.any(0))
+            if cols.numel() == 0:
+                return self.head.weight.new_zeros(0, self.head.out_features)
+            keep = int(cols[-1]) + 1
+            ids, scored = ids[:, :keep], scored[:, :keep]
         x = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
         for b in self.blocks:
             x = b(x)
-        return self.head(self.ln(x))
+        x = self.ln(x)
+        return self.head(x if scored is None else x[scored])

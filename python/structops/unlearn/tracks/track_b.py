@@ -5,7 +5,8 @@
   authors for membership inference.  Token-level loss on the answer tokens only.
 * Model: :class:`.tiny_lm.TinyLM` (d = 80, 2 layers, 4 heads: ~225k parameters), AdamW
   (lr 3e-3, weight decay 0.01, batch 256), trained until every training answer token is
-  predicted (checked every 5 epochs, at most 80 epochs); deterministic given the seed.
+  predicted (checked every epoch from epoch 10, at most 80 epochs; TinyLM's scored path runs
+  the head on the answer positions only); deterministic given the seed.
 * Scenarios: ``forget01`` / ``forget05`` / ``forget10`` = 1% / 5% / 10% of the authors (2 / 10 /
   20 authors, all their questions in both templates); split_seed picks which authors.
 
@@ -53,19 +54,30 @@ def _replace_answer(ids: torch.Tensor, labels: torch.Tensor, answers: list) -> t
     return ids, labels
 
 
+def _scored_logits(model, ids, mask):
+    """Logits at the scored positions, (mask.sum(), V) row-major: TinyLM's scored path (the
+    head and softmax on the answer rows only) or, for any other model, ``model(ids)[mask]``."""
+    if isinstance(model, TinyLM):
+        return model(ids, scored=mask)
+    return model(ids)[mask]
+
+
 @torch.no_grad()
 def _answer_stats(model, ids, labels):
-    """Per row: mean answer-token log-prob, teacher-forced token correctness (list), margins."""
+    """Per row: mean answer-token log-prob, teacher-forced token correctness (B, T) bool, the
+    scored mask (B, T), mean margin logit_y - logsumexp(others)."""
     model.eval()
-    logp = torch.log_softmax(model(ids).float(), -1)
     mask = labels != IGNORE
-    tgt = labels.masked_fill(~mask, 0)
-    lp = logp.gather(-1, tgt[..., None])[..., 0]
-    other = logp.scatter(-1, tgt[..., None], float("-inf")).logsumexp(-1)
-    correct = (logp.argmax(-1) == tgt) & mask
+    logp = torch.log_softmax(_scored_logits(model, ids, mask).float(), -1)  # (N, V)
+    tgt = labels[mask]
+    lp_tok = logp.gather(-1, tgt[:, None])[:, 0]
+    other = logp.scatter(-1, tgt[:, None], float("-inf")).logsumexp(-1)
+    row = torch.arange(ids.shape[0])[:, None].expand_as(mask)[mask]
     n = mask.sum(1).clamp_min(1)
-    mean_lp = (lp * mask).sum(1) / n
-    margin = ((lp - other) * mask).sum(1) / n
+    mean_lp = torch.zeros(ids.shape[0]).index_add_(0, row, lp_tok) / n
+    margin = torch.zeros(ids.shape[0]).index_add_(0, row, lp_tok - other) / n
+    correct = torch.zeros_like(mask)
+    correct[mask] = logp.argmax(-1) == tgt
     return mean_lp, correct, mask, margin
 
 
@@ -102,15 +114,29 @@ def _mink(model, ids, labels, frac: float = 0.4) -> np.ndarray:
     log-probs — the only positions the model is trained on, so the prompt tokens carry no
     membership signal here."""
     model.eval()
-    logp = torch.log_softmax(model(ids).float(), -1)
     mask = labels != IGNORE
-    lp = logp.gather(-1, labels.masked_fill(~mask, 0)[..., None])[..., 0]
+    logp = torch.log_softmax(_scored_logits(model, ids, mask).float(), -1)
+    lp_tok = logp.gather(-1, labels[mask][:, None])[:, 0]
+    per_row = torch.split(lp_tok, mask.sum(1).tolist())
     out = []
-    for i in range(ids.shape[0]):
-        v = torch.sort(lp[i][mask[i]]).values
+    for v in per_row:
+        v = torch.sort(v).values
         k = max(1, int(round(frac * v.numel())))
         out.append(float(v[:k].mean()))
     return np.array(out)
+
+
+@torch.no_grad()
+def _token_accuracy(model, ids, labels, batch_size: int = 2048) -> float:
+    """metrics.accuracy on the scored path: share of answer tokens predicted by argmax."""
+    model.eval()
+    hit, tot = 0, 0
+    for i in range(0, ids.shape[0], batch_size):
+        lab = labels[i:i + batch_size]
+        mask = lab != IGNORE
+        hit += int((_scored_logits(model, ids[i:i + batch_size], mask).argmax(-1) == lab[mask]).sum())
+        tot += int(mask.sum())
+    return hit / max(tot, 1)
 
 
 class TrackB(Track):
@@ -187,6 +213,9 @@ class TrackB(Track):
         return TinyLM(len(self.facts.vocab), d=self.d)
 
     def train(self, data: tuple, seed: int):
+        """AdamW on the answer tokens' mean NLL per question (CausalLM.mean_nll, which runs
+        TinyLM's scored path: same maths, about half the time); fit checked every epoch from
+        epoch 10 (teacher-forced token accuracy >= 0.999 on the training data)."""
         torch.manual_seed(seed)
         model = self.new_model()
         ids, labels = data
@@ -202,7 +231,7 @@ class TrackB(Track):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            if epoch % 5 == 4 and metrics.accuracy(model, data, self.objective) >= 0.999:
+            if epoch >= 9 and _token_accuracy(model, ids, labels) >= 0.999:
                 break
         model.eval()
         return model
