@@ -24,6 +24,7 @@ TESTS = ["tests/test_unlearn_methods.py", "tests/test_unlearn_metrics.py", "test
          "tests/test_unlearn_tracks.py::test_track_a_variant_originals",
          "tests/test_unlearn_tracks.py::test_protocol_runs_methods_on_their_variant_originals",
          "tests/test_unlearn_tracks.py::test_track_b_truth_ratio_uses_tofus_paraphrased_answer",
+         "tests/test_unlearn_tracks.py::test_track_b_scored_path_equals_the_full_forward",
          "tests/test_unlearn_tracks.py::test_track_b_training_targets_are_consistent"]
 
 
@@ -153,7 +154,22 @@ def _mutations():
             fd.general_para = (ids, labels)
         patch_facts(edit)
 
+    def scored_path_skips_final_norm(unlearn):  # TinyLM's scored path forgets the final LayerNorm
+        from structops.unlearn.tracks.tiny_lm import TinyLM
+
+        full = TinyLM.forward
+
+        def forward(self, ids, scored=None):
+            if scored is None:
+                return full(self, ids)
+            x = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
+            for blk in self.blocks:
+                x = blk(x)
+            return self.head(x[scored])  # same shape as the right answer, wrong values
+        TinyLM.forward = forward
+
     muts = {
+        "scored_path_skips_final_norm": scored_path_skips_final_norm,
         "truth_ratio_question_paraphrase": truth_ratio_question_paraphrase,
         "namely_scored": namely_scored,
         "wording_trained_on_authors": wording_trained_on_authors,

@@ -205,11 +205,17 @@ def test_bench_rejects_bad_arguments(tmp_path):
 
 
 @pytest.mark.slow
-def test_track_a_mislabel_8_seeds_under_10_minutes(tmp_path):
+def test_track_a_mislabel_8_seeds_end_to_end(tmp_path, capsys):
+    """The documented 8-seed command runs from an empty cache and writes a complete result.  Its
+    wall clock is printed, not asserted (timings are measured in docs/UNLEARNING.md, never
+    asserted in tests)."""
     t0 = time.perf_counter()
     rc = bench.main(["--track", "A", "--scenario", "mislabel", "--seeds", "8", "--cache", str(tmp_path),
                      "--json", str(tmp_path / "a.json"), "--png", str(tmp_path / "a.png"), "--no-progress"])
-    assert rc == 0 and time.perf_counter() - t0 < 600
+    res = json.loads((tmp_path / "a.json").read_text())
+    assert rc == 0 and len(res["forget_sets"]["report"]) == 3 and (tmp_path / "a.png").stat().st_size > 0
+    with capsys.disabled():
+        print(f"\nTrack A mislabel, 8 seeds, empty cache: {time.perf_counter() - t0:.0f} s")
 
 
 @pytest.mark.parametrize("track,scenario", [(TrackA(), sc) for sc in TrackA.scenarios] +
