@@ -55,9 +55,10 @@ def _replace_answer(ids: torch.Tensor, labels: torch.Tensor, answers: list) -> t
 
 
 def _scored_logits(model, ids, mask):
-    """Logits at the scored positions, (mask.sum(), V) row-major: TinyLM's scored path (the
-    head and softmax on the answer rows only) or, for any other model, ``model(ids)[mask]``."""
-    if isinstance(model, TinyLM):
+    """Logits at the scored positions, (mask.sum(), V) row-major: the model's scored path
+    (TinyLM: the head and softmax on the answer rows only; the same capability flag as
+    CausalLM.nll) or, for any other model, ``model(ids)[mask]``."""
+    if getattr(model, "supports_scored_positions", False):
         return model(ids, scored=mask)
     return model(ids)[mask]
 
