@@ -427,7 +427,9 @@ def test_track_b_scored_path_equals_the_full_forward():
     assert scored.shape == (int(mask.sum()), full.shape[-1])
     torch.testing.assert_close(scored, full[mask], rtol=1e-12, atol=1e-12)
     # CausalLM.nll takes the scored path for TinyLM: loss and gradients equal the full forward's
-    tok_nll = -torch.log_softmax(full, -1).gather(-1, labels.masked_fill(~mask, 0)[..., None])[..., 0] * mask
+    logp = torch.log_softmax(full, -1)
+    tok_lp = logp.gather(-1, labels.masked_fill(~mask, 0)[..., None])[..., 0] * mask
+    tok_nll = -tok_lp
     s_nll, n_nll = t.objective.nll(model, (ids, labels))
     torch.testing.assert_close(s_nll, tok_nll.sum(1), rtol=1e-12, atol=1e-12)
     assert torch.equal(n_nll, mask.sum(1).to(n_nll.dtype))
@@ -435,8 +437,6 @@ def test_track_b_scored_path_equals_the_full_forward():
     g_full = torch.autograd.grad(tok_nll.sum(), model.head.weight)[0]
     torch.testing.assert_close(g_scored, g_full, rtol=1e-10, atol=1e-12)
     lp, correct, m, margin = tb._answer_stats(model, ids, labels)
-    logp = torch.log_softmax(full, -1)
-    tok_lp = logp.gather(-1, labels.masked_fill(~mask, 0)[..., None])[..., 0] * mask
     torch.testing.assert_close(lp.double(), tok_lp.sum(1) / mask.sum(1), rtol=1e-6, atol=1e-6)
     assert torch.equal(correct, (logp.argmax(-1) == labels) & mask)
     from structops.unlearn import metrics

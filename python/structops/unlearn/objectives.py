@@ -34,6 +34,12 @@ from torch import Tensor, nn
 __all__ = ["Objective", "Classification", "CausalLM", "as_objective", "LossFnObjective"]
 
 
+def scored_rows(mask: Tensor) -> Tensor:
+    """For a (B, T) scored mask: the row (example) index of each scored position, (mask.sum(),),
+    in the row-major order of ``x[mask]``."""
+    return torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
+
+
 def _logits(out) -> Tensor:
     return out.logits if hasattr(out, "logits") else out
 
@@ -94,8 +100,7 @@ class CausalLM(Objective):
             # of the head and softmax work.  scored_logprobs keeps the full forward, so K-FAC's
             # layer hooks see every position as before.
             tok = F.cross_entropy(_logits(model(ids, scored=mask)), labels[mask], reduction="none")
-            row = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(mask)[mask]
-            return tok.new_zeros(ids.shape[0]).index_add(0, row, tok), mask.sum(1).to(tok.dtype)
+            return tok.new_zeros(ids.shape[0]).index_add(0, scored_rows(mask), tok), mask.sum(1).to(tok.dtype)
         logits = _logits(model(ids))
         tok = F.cross_entropy(logits.transpose(1, 2), labels.masked_fill(~mask, 0), reduction="none")
         tok = tok * mask
@@ -106,7 +111,7 @@ class CausalLM(Objective):
         logits = _logits(model(ids))
         mask = labels != self.ignore_index
         logp = F.log_softmax(logits[mask].float(), dim=-1)
-        example = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(labels)[mask]
+        example = scored_rows(mask)
         return logp, labels[mask], example
 
     def targets(self, batch):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .. import metrics
-from ..objectives import CausalLM
+from ..objectives import CausalLM, scored_rows
 from ..probes import quantize_bnb_fp4, quantize_llm_int8, quantize_rtn, relearn
 from .base import Setup, Track
 from .synthetic_facts import IGNORE, make_facts
@@ -73,7 +73,7 @@ def _answer_stats(model, ids, labels):
     tgt = labels[mask]
     lp_tok = logp.gather(-1, tgt[:, None])[:, 0]
     other = logp.scatter(-1, tgt[:, None], float("-inf")).logsumexp(-1)
-    row = torch.arange(ids.shape[0])[:, None].expand_as(mask)[mask]
+    row = scored_rows(mask)
     n = mask.sum(1).clamp_min(1)
     mean_lp = torch.zeros(ids.shape[0]).index_add_(0, row, lp_tok) / n
     margin = torch.zeros(ids.shape[0]).index_add_(0, row, lp_tok - other) / n
