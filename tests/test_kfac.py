@@ -573,3 +573,77 @@ def test_kfade_is_in_both_track_grids():
     for tr in (TrackA(), TrackB()):
         grid = tr.grid("kfade")
         assert len(grid) == 6 and {g["curvature"] for g in grid} == {"ekfac", "kfac"}
+
+
+def _update(model):
+    return {k: v.clone() for k, v in model.kfade_update.items()}
+
+
+def _equal_updates(a, b):
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kfade_curvature_cache_is_exact_and_computes_the_curvature_once(mislabel, monkeypatch):
+    """Configurations sharing a curvature_cache get bit-identical updates to separate calls, and
+    the factor pass and EK-FAC correction run once for all of them."""
+    from structops.kfac import KFAC
+
+    st, original, _ = mislabel
+    configs = [dict(curvature="ekfac", steps=2, kl_budget=0.02, damping=1e-5),
+               dict(curvature="kfac", steps=1, kl_budget=0.05, damping=None),
+               dict(curvature="ekfac", steps=1, kl_budget=0.05, damping=1e-4)]
+    alone = [_update(unlearn.kfade(original, st.forget, st.retain, seed=3, **c)) for c in configs]
+    calls = {"accumulate": 0, "ekfac_correction": 0}
+    for name in calls:
+        f = getattr(KFAC, name)
+
+        def counted(self, *a, _f=f, _n=name, **kw):
+            calls[_n] += 1
+            return _f(self, *a, **kw)
+
+        monkeypatch.setattr(KFAC, name, counted)
+    cache = {}
+    shared = [unlearn.kfade(original, st.forget, st.retain, seed=3, curvature_cache=cache, **c) for c in configs]
+    assert calls == {"accumulate": 1, "ekfac_correction": 1}
+    assert len(cache) == 1
+    for a, s in zip(alone, shared):
+        assert _equal_updates(a, _update(s))
+        assert "curvature_cache" not in s.unlearning_log[-1]["hparams"]
+
+
+def test_kfade_curvature_cache_is_keyed_on_model_data_and_seed(mislabel):
+    """A cache filled on one model, retain set or seed is not reused for another: the result
+    equals the uncached one (a key that ignored any of them would return the wrong curvature)."""
+    st, original, _ = mislabel
+    c = dict(curvature="ekfac", steps=1, kl_budget=0.05, damping=1e-5)
+    cache = {}
+    unlearn.kfade(original, st.forget, st.retain, seed=0, curvature_cache=cache, **c)
+    other = copy.deepcopy(original)
+    with torch.no_grad():
+        next(other.parameters()).mul_(1.01)
+    half = tuple(t[: len(t) // 2] for t in st.retain)
+    for model, retain, seed in ((other, st.retain, 0), (original, half, 0), (original, st.retain, 1)):
+        want = _update(unlearn.kfade(model, st.forget, retain, seed=seed, **c))
+        got = _update(unlearn.kfade(model, st.forget, retain, seed=seed, curvature_cache=cache, **c))
+        assert _equal_updates(want, got)
+    assert len(cache) == 4
+    with pytest.raises(TypeError, match="curvature_cache"):
+        unlearn.kfade(original, st.forget, st.retain, curvature_cache=[], **c)
+
+
+def test_kfac_state_dict_round_trip_and_mismatch(digits):
+    from structops.kfac import KFAC
+
+    model, data = digits
+    K = KFAC(model, torch.nn.CrossEntropyLoss()).accumulate(data)
+    K.ekfac_correction(data)
+    K2 = KFAC(copy.deepcopy(model), torch.nn.CrossEntropyLoss()).load_state_dict(K.state_dict())
+    G = {n: torch.randn(K.eigen()[n][3].shape[0], K.eigen()[n][1].shape[0], dtype=K.factors[n][0].dtype)
+         for n in K.modules}
+    for curv in ("kfac", "ekfac"):
+        a, b = K.precondition(G, 1e-3, curvature=curv), K2.precondition(G, 1e-3, curvature=curv)
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    first = next(iter(K.modules))
+    K3 = KFAC(model, torch.nn.CrossEntropyLoss(), modules=[first])
+    with pytest.raises(ValueError, match="is for layers"):
+        K3.load_state_dict(K.state_dict())

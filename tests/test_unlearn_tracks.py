@@ -444,3 +444,35 @@ def test_track_b_scored_path_equals_the_full_forward():
     assert tb._token_accuracy(model, ids, labels) == pytest.approx(metrics.accuracy(model, (ids, labels), t.objective))
     with pytest.raises(ValueError, match="scored"):
         model(ids, scored=mask.int())
+
+
+def test_bundled_kfade_jobs_give_the_unbundled_results(tmp_path, monkeypatch):
+    """The protocol runs K-FADE's configurations on one original as one job sharing a curvature
+    cache (protocol._bundle); the tuning and report numbers equal those of one job per
+    configuration."""
+    cfg = protocol.ProtocolConfig(seeds=2, tune_seeds=2, tune_oracles=2, fresh_splits=(1,), bootstrap=0,
+                                  stability_resamples=0, methods=("kfade",), workers=1, cache_dir=str(tmp_path),
+                                  probes=False, progress=False)
+    sizes = []
+    real_bundle = protocol._bundle
+
+    def recording(jobs):
+        out = real_bundle(jobs)
+        sizes.append((len(jobs), len(out)))
+        return out
+
+    monkeypatch.setattr(protocol, "_bundle", recording)
+    bundled = protocol.run_protocol(TrackA(), "mislabel", cfg)
+    n_configs = len(TrackA().grid("kfade"))
+    assert sizes[0][0] - sizes[0][1] == 2 * (n_configs - 1)  # tuning: the 6 configs of each of 2 originals merged
+    monkeypatch.setattr(protocol, "_bundle", lambda jobs: jobs)
+    separate = protocol.run_protocol(TrackA(), "mislabel", cfg)
+    for a, b in zip(bundled["tuning"]["kfade"], separate["tuning"]["kfade"]):
+        assert a["config"] == b["config"] and a["score"] == b["score"]
+    assert bundled["chosen"] == separate["chosen"]
+    for arm, s in bundled["report"]["1"].items():
+        if arm.startswith("_"):
+            continue
+        for k, v in s.items():
+            if not k.startswith("seconds") and not isinstance(v, dict):
+                assert np.array_equal(np.asarray(v), np.asarray(separate["report"]["1"][arm][k])), (arm, k)

@@ -132,6 +132,35 @@ class KFAC:
         self._eigen: dict | None = None
         self.corrected_eigenvalues: "OrderedDict[str, Tensor]" = OrderedDict()
 
+    # ---- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The computed curvature — factors, example count, eigendecompositions, EK-FAC
+        corrected eigenvalues — as plain tensors, without the model: load it into a KFAC over
+        another instance of the same architecture with :meth:`load_state_dict`."""
+        return {"modules": list(self.modules), "factors": OrderedDict(self.factors), "num_data": self.num_data,
+                "eigen": None if self._eigen is None else OrderedDict(self._eigen),
+                "eigen_fell_back": list(getattr(self, "eigen_fell_back", [])),
+                "corrected_eigenvalues": OrderedDict(self.corrected_eigenvalues)}
+
+    def load_state_dict(self, state: dict) -> "KFAC":
+        """Adopts a :meth:`state_dict` (the tensors are shared, not copied).  The layer names
+        and factor shapes must match this KFAC's layers."""
+        if list(state.get("modules", [])) != list(self.modules):
+            raise ValueError(f"KFAC.load_state_dict: state is for layers {state.get('modules')}, this KFAC has "
+                             f"{list(self.modules)}")
+        for n, (A, S) in state["factors"].items():
+            m = self.modules[n]
+            want = (m.in_features + int(self._has_bias(n)), m.out_features)
+            if (A.shape[-1], S.shape[-1]) != want:
+                raise ValueError(f"KFAC.load_state_dict: factors of {n!r} are {tuple(A.shape)}, {tuple(S.shape)}; "
+                                 f"the layer needs ({want[0]}, {want[0]}), ({want[1]}, {want[1]})")
+        self.factors = OrderedDict(state["factors"])
+        self.num_data = int(state["num_data"])
+        self._eigen = None if state["eigen"] is None else OrderedDict(state["eigen"])
+        self.eigen_fell_back = list(state.get("eigen_fell_back", []))
+        self.corrected_eigenvalues = OrderedDict(state["corrected_eigenvalues"])
+        return self
+
     # ---- the factor pass ------------------------------------------------------------------
     def _default_output(self, model, batch):
         X, y = batch[0], batch[1]

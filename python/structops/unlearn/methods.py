@@ -55,6 +55,10 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # shared machinery
 # ---------------------------------------------------------------------------------------------
+# arguments that change how a method computes, never what it returns: kept out of unlearning_log
+UNLOGGED_HPARAMS = ("curvature_cache",)
+
+
 def _method(fn: Callable) -> Callable:
     """Common wrapper: validation, copy-or-inplace, forked RNG, timing, log."""
 
@@ -76,7 +80,8 @@ def _method(fn: Callable) -> Callable:
             out = fn(target, forget, retain, obj, gen, **hparams)
         seconds = time.perf_counter() - start
         out = out if out is not None else target
-        out.unlearning_log = log + [{"method": fn.__name__, "seconds": seconds, "hparams": dict(hparams)}]
+        logged = {k: v for k, v in hparams.items() if k not in UNLOGGED_HPARAMS}
+        out.unlearning_log = log + [{"method": fn.__name__, "seconds": seconds, "hparams": logged}]
         return out
 
     wrapper.raw = fn
@@ -544,6 +549,34 @@ def _kfac_output_fn(objective: Objective):
     return fn
 
 
+def _curvature_key(model, retain, objective, layers, fisher_type, mc_samples, seed, batch_size) -> str | None:
+    """kfade's curvature-cache key: a hash of everything the retain curvature depends on, or
+    None when the retain data are not a tuple of tensors (then nothing is cached)."""
+    import hashlib
+
+    from .data import _is_tensor_tuple
+
+    if not _is_tensor_tuple(retain):
+        return None
+    h = hashlib.sha1()
+
+    def put(t: Tensor):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+
+    h.update(type(model).__qualname__.encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        put(t)
+    for t in retain:
+        h.update(str(tuple(t.shape)).encode())
+        put(t)
+    h.update(repr((type(objective).__qualname__, sorted(vars(objective).items()), layers, fisher_type, mc_samples,
+                   seed, batch_size)).encode())
+    return h.hexdigest()
+
+
 def _retain_logprobs(model, data, objective, batch_size) -> list[Tensor]:
     with torch.no_grad():
         return [objective.scored_logprobs(model, b)[0] for b in batches(data, batch_size)]
@@ -573,7 +606,7 @@ def _subset(data, n: int, gen):
 def kfade(model, forget, retain, objective, gen, *, curvature: str = "ekfac", steps: int = 3,
           kl_budget: float | None = 0.05, eta: float | None = None, damping: float | None = None,
           layers=None, fisher_type: str = "mc", mc_samples: int = 1, batch_size: int | None = 256,
-          kl_examples: int = 1024, max_backtracks: int = 6):
+          kl_examples: int = 1024, max_backtracks: int = 6, curvature_cache: dict | None = None):
     """K-FADE (K-FAC for Distribution Erasure; McKinney et al. 2026, reconstructed in
     ``../shared/reference/unlearning.md`` §1.2): ``steps`` uphill Gauss-Newton steps on the
     forget loss, preconditioned by the retain set's curvature,
@@ -592,6 +625,14 @@ def kfade(model, forget, retain, objective, gen, *, curvature: str = "ekfac", st
     other parameters are untouched.  The summed update is kept on the returned model as
     ``kfade_update`` ({parameter name: Δ}) so :func:`apply_update` can re-apply it to a
     further-trained model; ``kfade_log`` records each step's α, backtracks and measured KL.
+
+    ``curvature_cache``: an optional dict the caller owns (e.g. one per original model while
+    trying several configurations).  The retain curvature — factors, eigenbases, EK-FAC
+    correction — is stored in it under a key of everything it depends on (the model's state,
+    the retain batches' contents, layers, Fisher type, MC samples and seed, batch size,
+    objective) and reused by a later call with the same key, which then returns exactly what it
+    would have computed.  Only retain data given as a tuple of tensors is keyed; other data
+    bypass the cache.
     """
     from ..kfac import KFAC
 
@@ -605,13 +646,25 @@ def kfade(model, forget, retain, objective, gen, *, curvature: str = "ekfac", st
         raise ValueError(f"kfade: kl_budget must be > 0, got {kl_budget}")
     if damping is not None and not damping > 0:
         raise ValueError(f"kfade: damping must be > 0 or None (heuristic), got {damping}")
+    if curvature_cache is not None and not isinstance(curvature_cache, dict):
+        raise TypeError(f"kfade: curvature_cache must be a dict or None, got {type(curvature_cache).__name__}")
     model.eval()
+    kfac_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     K = KFAC(model, nn.CrossEntropyLoss(), modules=layers, fisher_type=fisher_type, mc_samples=mc_samples,
-             seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)), output_fn=_kfac_output_fn(objective))
-    K.accumulate(batches(retain, batch_size))
+             seed=kfac_seed, output_fn=_kfac_output_fn(objective))
+    key = None
+    if curvature_cache is not None:
+        key = _curvature_key(model, retain, objective, list(K.modules), fisher_type, mc_samples, kfac_seed,
+                             batch_size)
+    if key is not None and key in curvature_cache:
+        K.load_state_dict(curvature_cache[key])
+    else:
+        K.accumulate(batches(retain, batch_size))
     eig = K.eigen()
-    if curvature == "ekfac":
+    if curvature == "ekfac" and not K.corrected_eigenvalues:
         K.ekfac_correction(batches(retain, batch_size))
+    if key is not None:
+        curvature_cache[key] = K.state_dict()
     lam = {}
     for n, (eA, _, eS, _) in eig.items():
         if damping is not None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import inspect
 import json
 import multiprocessing as mp
 import os
@@ -163,23 +164,65 @@ def _train_job(args):
 
 
 def _eval_job(args):
-    """Apply one method (or none) to one model and measure it."""
+    """Apply one method (or none) to one model and measure it; a bundled job (``args["bundle"]``:
+    [(config, tag)], see _bundle) applies several configurations of one method to the same
+    model, sharing a curvature cache between them.  Returns [(tag, measurements)]."""
     track = _WORKER.get("track") or args["track"]
     s = _setup(track, args["scenario"], args["split"])
     base = _load(track, args["path"])
     original = base if args["arm"] not in ("oracle",) else None
-    seconds = 0.0
-    model = base
-    if args["method"] is not None:
-        fn = METHODS[args["method"]]
+    if args["method"] is None:
+        out = track.evaluate(base, s, original=None, probes=args["probes"])
+        out["seconds"] = 0.0
+        return [(args["tag"], out)]
+    fn = METHODS[args["method"]]
+    bundle = args.get("bundle") or [(args["config"], args["tag"])]
+    shared = {"curvature_cache": {}} if len(bundle) > 1 else {}
+    results = []
+    for config, tag in bundle:
         t0 = time.perf_counter()
         model = fn(base, s.forget, s.retain, objective=track.objective, seed=args["seed"], check=False,
-                   **args["config"])
+                   **config, **shared)
         seconds = time.perf_counter() - t0
-    out = track.evaluate(model, s, original=original if args["method"] is not None else None,
-                         probes=args["probes"])
-    out["seconds"] = seconds
-    return args["tag"], out
+        out = track.evaluate(model, s, original=original, probes=args["probes"])
+        out["seconds"] = seconds
+        results.append((tag, out))
+    return results
+
+
+def _shares_curvature(method: str | None) -> bool:
+    """Whether a method takes a ``curvature_cache`` (K-FADE): its configurations on one model
+    then run in one job and compute the retain curvature once."""
+    if method is None:
+        return False
+    return "curvature_cache" in inspect.signature(METHODS[method].raw).parameters
+
+
+def _bundle(jobs: list[dict]) -> list[dict]:
+    """Merges the jobs of a curvature-sharing method on the same model (split, original path,
+    method, seed) into one job with ``bundle`` = [(config, tag)]; bundled jobs go first (they
+    are the longest, so the pool does not end on one of them).  Results are unchanged: each
+    configuration still gets exactly the computation it would get alone."""
+    groups, single = {}, []
+    for j in jobs:
+        if _shares_curvature(j["method"]):
+            groups.setdefault((j["split"], j["path"], j["method"], j["seed"]), []).append(j)
+        else:
+            single.append(j)
+    merged = []
+    for group in groups.values():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        j = dict(group[0])
+        j["bundle"] = [(g["config"], g["tag"]) for g in group]
+        merged.append(j)
+    return merged + single
+
+
+def _evaluate_all(pool, jobs: list[dict], label: str, progress: bool) -> dict:
+    """{tag: measurements} of every (bundled) evaluation job."""
+    return {tag: out for part in _map(pool, _eval_job, _bundle(jobs), label, progress) for tag, out in part}
 
 
 def _pool(track: Track, workers: int):
@@ -491,7 +534,7 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
         for m in cfg.methods:
             for c in track.grid(m):
                 tune_jobs += jobs_for(0, "method", m, c, tune_orig_seeds, False, variant_for(m, c))
-        res = dict(_map(pool, _eval_job, tune_jobs, f"tuning {len(cfg.methods)} methods", cfg.progress))
+        res = _evaluate_all(pool, tune_jobs, f"tuning {len(cfg.methods)} methods", cfg.progress)
         ref0 = [res[k] for k in sorted(k for k in res if k[1] == "reference")]
         orig0 = [res[k] for k in sorted(k for k in res if k[1] == "original")]
         tuning, chosen, stability, chosen_free = {}, {}, {}, {}
@@ -539,7 +582,7 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
                 if chosen_free[m] != chosen[m]:
                     jobs += jobs_for(split, "method", m, chosen_free[m], orig_seeds, cfg.probes,
                                      variant_for(m, chosen_free[m]))
-            res = dict(_map(pool, _eval_job, jobs, f"report split {split}", cfg.progress))
+            res = _evaluate_all(pool, jobs, f"report split {split}", cfg.progress)
             ref = [res[k] for k in sorted(k for k in res if k[0] == split and k[1] == "reference")]
             arms = {"oracle": [res[k] for k in sorted(k for k in res if k[1] == "oracle")],
                     "original": [res[k] for k in sorted(k for k in res if k[1] == "original")]}
