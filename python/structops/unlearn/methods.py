@@ -656,14 +656,16 @@ def kfade(model, forget, retain, objective, gen, *, curvature: str = "ekfac", st
     if curvature_cache is not None:
         key = _curvature_key(model, retain, objective, list(K.modules), fisher_type, mc_samples, kfac_seed,
                              batch_size)
-    if key is not None and key in curvature_cache:
+    hit = key is not None and key in curvature_cache
+    if hit:
         K.load_state_dict(curvature_cache[key])
     else:
         K.accumulate(batches(retain, batch_size))
     eig = K.eigen()
-    if curvature == "ekfac" and not K.corrected_eigenvalues:
+    corrected = curvature == "ekfac" and not K.corrected_eigenvalues
+    if corrected:
         K.ekfac_correction(batches(retain, batch_size))
-    if key is not None:
+    if key is not None and (not hit or corrected):  # store only what is new
         curvature_cache[key] = K.state_dict()
     lam = {}
     for n, (eA, _, eS, _) in eig.items():

@@ -204,8 +204,9 @@ def _bundle(jobs: list[dict]) -> list[dict]:
     are the longest, so the pool does not end on one of them).  Results are unchanged: each
     configuration still gets exactly the computation it would get alone."""
     groups, single = {}, []
+    shares = {m: _shares_curvature(m) for m in {j["method"] for j in jobs}}
     for j in jobs:
-        if _shares_curvature(j["method"]):
+        if shares[j["method"]]:
             groups.setdefault((j["split"], j["path"], j["method"], j["seed"]), []).append(j)
         else:
             single.append(j)
