@@ -25,7 +25,8 @@ TESTS = ["tests/test_unlearn_methods.py", "tests/test_unlearn_metrics.py", "test
          "tests/test_unlearn_tracks.py::test_protocol_runs_methods_on_their_variant_originals",
          "tests/test_unlearn_tracks.py::test_track_b_truth_ratio_uses_tofus_paraphrased_answer",
          "tests/test_unlearn_tracks.py::test_track_b_scored_path_equals_the_full_forward",
-         "tests/test_unlearn_tracks.py::test_track_b_training_targets_are_consistent"]
+         "tests/test_unlearn_tracks.py::test_track_b_training_targets_are_consistent",
+         "tests/test_unlearn_tracks.py::test_track_b_fit_check_and_answer_replacement_match_their_plain_forms"]
 
 
 def _noop_method(name):
@@ -168,7 +169,29 @@ def _mutations():
             return self.head(x[scored])  # same shape as the right answer, wrong values
         TinyLM.forward = forward
 
+    def fit_check_exits_early(unlearn):  # the fit check stops training before the data fit
+        import structops.unlearn.tracks.track_b as tb
+
+        def fits(model, ids, labels, need, batch_size=2048):
+            lab = labels[:batch_size]
+            return tb._token_accuracy(model, ids[:batch_size], lab, batch_size) >= need  # first batch only
+        tb._fits = fits
+
+    def answer_replaced_off_by_one(unlearn):  # perturbed answers written one input column early
+        import structops.unlearn.tracks.track_b as tb
+
+        def replace(ids, labels, answers):
+            mask = labels != tb.IGNORE
+            flat = torch.tensor([t for a in answers for t in a], dtype=ids.dtype)
+            ids, labels = ids.clone(), labels.clone()
+            labels[mask] = flat
+            ids[mask] = flat
+            return ids, labels
+        tb._replace_answer = replace
+
     muts = {
+        "fit_check_exits_early": fit_check_exits_early,
+        "answer_replaced_off_by_one": answer_replaced_off_by_one,
         "scored_path_skips_final_norm": scored_path_skips_final_norm,
         "truth_ratio_question_paraphrase": truth_ratio_question_paraphrase,
         "namely_scored": namely_scored,

@@ -446,6 +446,51 @@ def test_track_b_scored_path_equals_the_full_forward():
         model(ids, scored=mask.int())
 
 
+def test_track_b_fit_check_and_answer_replacement_match_their_plain_forms():
+    """The training fit check (_fits) stops early but must take the same decision as
+    _token_accuracy(...) >= need on every threshold, including ones decided only by the last
+    batch; _replace_answer (vectorised) must write each row's tokens where the per-row loop does."""
+    from structops.unlearn.tracks import track_b as tb
+
+    t = TrackB()
+    torch.manual_seed(0)
+    model = t.new_model()
+    s = t.setup("forget05", 0)
+    ids, labels = s.train[0][:700], s.train[1][:700]
+    # a model that gets the first rows' answers right and the rest mostly wrong: accuracy is
+    # decided late, so an early exit that miscounts would flip the decision
+    with torch.no_grad():
+        model.head.bias.zero_()
+    acc = tb._token_accuracy(model, ids, labels, batch_size=128)
+    for need in (0.0, acc / 2, acc, acc + 1e-9, 0.5, 0.999, 1.0):
+        assert tb._fits(model, ids, labels, need, batch_size=128) == (acc >= need), need
+    # a trained-on-these-rows stand-in: copy the true answer into a perfect "model"
+    class Oracle(torch.nn.Module):
+        supports_scored_positions = True
+
+        def forward(self, x, scored):
+            rows = [torch.nonzero(scored[i])[:, 0] for i in range(x.shape[0])]
+            tgt = torch.cat([x[i, r + 1] for i, r in enumerate(rows)])
+            wrong = torch.arange(tgt.numel()) % 97 == 0  # about 1% of the tokens wrong
+            tgt = torch.where(wrong, (tgt + 1) % 400, tgt)
+            return torch.nn.functional.one_hot(tgt, 428).float()
+    acc = tb._token_accuracy(Oracle(), ids, labels, batch_size=128)
+    assert 0.98 < acc < 1.0
+    for need in (acc, acc + 1e-9, 0.999, 0.98):
+        assert tb._fits(Oracle(), ids, labels, need, batch_size=128) == (acc >= need), need
+
+    answers = [[(7 * i + j) % 300 for j in range(int(n))] for i, n in enumerate((labels != tb.IGNORE).sum(1))]
+    new_ids, new_labels = tb._replace_answer(ids, labels, answers)
+    ref_ids, ref_labels = ids.clone(), labels.clone()
+    for i, ans in enumerate(answers):
+        for j, pos in enumerate(torch.nonzero(labels[i] != tb.IGNORE)[:, 0].tolist()):
+            ref_ids[i, pos + 1], ref_labels[i, pos] = ans[j], ans[j]
+    assert torch.equal(new_ids, ref_ids) and torch.equal(new_labels, ref_labels)
+    assert not torch.equal(new_ids, ids)  # it changed something
+    with pytest.raises(ValueError, match="one replacement token per scored position"):
+        tb._replace_answer(ids, labels, [a + [1] for a in answers])
+
+
 def test_bundled_kfade_jobs_give_the_unbundled_results(tmp_path, monkeypatch):
     """The protocol runs K-FADE's configurations on one original as one job sharing a curvature
     cache (protocol._bundle); the tuning and report numbers equal those of one job per
