@@ -133,16 +133,22 @@ def _mink(model, ids, labels, frac: float = 0.4) -> np.ndarray:
     return np.array(out)
 
 
-@torch.no_grad()
-def _token_accuracy(model, ids, labels, batch_size: int = 2048) -> float:
-    """metrics.accuracy on the scored path: share of answer tokens predicted by argmax."""
+def _batch_hits(model, ids, labels, batch_size: int):
+    """Per batch of ``batch_size`` rows (in order): (answer tokens predicted by argmax, answer
+    tokens), on the scored path; the caller holds no_grad."""
     model.eval()
-    hit, tot = 0, 0
     for i in range(0, ids.shape[0], batch_size):
         lab = labels[i:i + batch_size]
         mask = lab != IGNORE
-        hit += int((_scored_logits(model, ids[i:i + batch_size], mask).argmax(-1) == lab[mask]).sum())
-        tot += int(mask.sum())
+        yield int((_scored_logits(model, ids[i:i + batch_size], mask).argmax(-1) == lab[mask]).sum()), int(mask.sum())
+
+
+@torch.no_grad()
+def _token_accuracy(model, ids, labels, batch_size: int = 2048) -> float:
+    """metrics.accuracy on the scored path: share of answer tokens predicted by argmax."""
+    hit, tot = 0, 0
+    for h, n in _batch_hits(model, ids, labels, batch_size):
+        hit, tot = hit + h, tot + n
     return hit / max(tot, 1)
 
 
@@ -151,14 +157,10 @@ def _fits(model, ids, labels, need: float, batch_size: int = 2048) -> bool:
     """``_token_accuracy(model, ids, labels, batch_size) >= need``, the same decision from the same
     batches, but it stops at the first batch after which even all remaining tokens right could
     not reach ``need`` (the training fit check: most epochs are decided by the first batch)."""
-    model.eval()
     tot = int((labels != IGNORE).sum())
     hit, seen = 0, 0
-    for i in range(0, ids.shape[0], batch_size):
-        lab = labels[i:i + batch_size]
-        mask = lab != IGNORE
-        hit += int((_scored_logits(model, ids[i:i + batch_size], mask).argmax(-1) == lab[mask]).sum())
-        seen += int(mask.sum())
+    for h, n in _batch_hits(model, ids, labels, batch_size):
+        hit, seen = hit + h, seen + n
         if (hit + tot - seen) / max(tot, 1) < need:
             return False
     return hit / max(tot, 1) >= need
