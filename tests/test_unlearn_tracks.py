@@ -521,3 +521,59 @@ def test_bundled_kfade_jobs_give_the_unbundled_results(tmp_path, monkeypatch):
         for k, v in s.items():
             if not k.startswith("seconds") and not isinstance(v, dict):
                 assert np.array_equal(np.asarray(v), np.asarray(separate["report"]["1"][arm][k])), (arm, k)
+
+
+WORKER_ORPHAN_SCRIPT = """
+import os, sys, time
+from structops.unlearn import protocol
+from structops.unlearn.tracks.track_a import TrackA
+
+if __name__ == "__main__":
+    pool = protocol._pool(TrackA(), 2)
+    [f.result() for f in [pool.submit(os.getpid) for _ in range(2)]]
+    jobs = [pool.submit(time.sleep, 300) for _ in range(2)]
+    me = str(os.getpid())
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        kids = [p for p in os.listdir("/proc") if p.isdigit() and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == me]
+        if len(kids) >= 2:
+            break
+        time.sleep(0.2)
+    print("ready", *kids, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads worker processes from /proc (Linux)")
+def test_pool_workers_exit_when_the_bench_process_is_killed(tmp_path):
+    """SIGKILL / SIGTERM skip the executor's shutdown: the protocol's workers must notice the dead
+    parent and exit instead of running their queued jobs on (here: 300 s sleeps)."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "orphan.py"
+    script.write_text(WORKER_ORPHAN_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().split()
+        assert line and line[0] == "ready", line
+        kids = line[1:]
+        assert len(kids) >= 2, f"expected two pool workers, saw {kids}"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+    deadline = time.time() + 60
+    while time.time() < deadline and any(alive(p) for p in kids):
+        time.sleep(0.5)
+    left = [p for p in kids if alive(p)]
+    for p in left:  # do not leave them behind if the test fails
+        os.kill(int(p), signal.SIGKILL)
+    assert not left, f"pool workers {left} outlived their killed parent"

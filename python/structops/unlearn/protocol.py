@@ -123,7 +123,24 @@ def _load(track: Track, path: str):
 _WORKER = {}
 
 
+def _exit_with_parent(parent_pid: int, poll_s: float = 1.0):
+    """Worker-side watchdog: a pool worker whose parent has died (SIGTERM / SIGKILL skip the
+    executor's shutdown) exits instead of finishing its queued jobs on a machine nobody watches."""
+    while True:
+        time.sleep(poll_s)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
 def _init_worker(track: Track):
+    parent = mp.parent_process()
+    if parent is not None:  # a pool worker, not the in-process fallback (workers <= 1)
+        import threading
+
+        # the pid the pool spawned us from, not os.getppid(): that is already init's if the
+        # parent died while this worker was still starting up
+        threading.Thread(target=_exit_with_parent, args=(parent.pid,), daemon=True,
+                         name="structops-exit-with-parent").start()
     torch.set_num_threads(1)
     _WORKER["track"] = track
     _WORKER["setups"] = {}
