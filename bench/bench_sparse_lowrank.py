@@ -7,6 +7,8 @@ Per case (in, out, tokens, rank, density), fwd+bwd times interleaved round-robin
 and the peak extra memory of one fwd+bwd: each contender runs once in a fresh subprocess and the
 growth of its peak resident set over the inputs is reported (VmHWM after resetting it through
 /proc/self/clear_refs; large tensors are mmap'd, so this tracks live allocations; ±1 MiB).
+On CUDA (``--device cuda``, issue #11's GPU case: ``--dtype bfloat16 --cases 4096:4096:16384:128:0.03``)
+the peak is ``torch.cuda.max_memory_allocated`` above the inputs during one warm fwd+bwd, in process.
 
     vs_sltrain = t(SLTrain algorithm) / t(structops);  vs_dense = t(dense F.linear) / t(structops)
     mem_ratio  = peak extra(structops) / peak extra(SLTrain algorithm); also beyond the output y and
@@ -15,7 +17,7 @@ growth of its peak resident set over the inputs is reported (VmHWM after resetti
     GF/s       = useful FLOPs of structops' plan: 2 * (3 T r (in + out) + 3 T nnz) / t
 
 Usage: python bench/bench_sparse_lowrank.py [--json out.json] [--quick] [--threads N]
-       [--cases in:out:tokens:rank:density,...]
+       [--cases in:out:tokens:rank:density,...] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
 """
 
 from __future__ import annotations
@@ -59,28 +61,41 @@ class SLTrainAlgorithm(torch.autograd.Function):
         return gx, gB, gA, gv, None, None, g.sum(0) if bias is not None else None
 
 
-def make(i, o, T, r, d, seed=0):
+def make(i, o, T, r, d, seed=0, device="cpu", dtype=torch.float32):
+    """Inputs drawn on the CPU in float32 (the same values on every device), then moved."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, i, generator=g).requires_grad_()
-    B = (torch.randn(o, r, generator=g) * 0.02).requires_grad_()
-    A = (torch.randn(r, i, generator=g) / i**0.5).requires_grad_()
-    idx = random_support(o, i, d, g)
-    v = (torch.randn(idx.numel(), generator=g) / i**0.5).requires_grad_()
-    b = torch.zeros(o).requires_grad_()
-    gy = torch.randn(T, o, generator=g)
+    kw = dict(device=device, dtype=dtype)
+    x = torch.randn(T, i, generator=g).to(**kw).requires_grad_()
+    B = (torch.randn(o, r, generator=g) * 0.02).to(**kw).requires_grad_()
+    A = (torch.randn(r, i, generator=g) / i**0.5).to(**kw).requires_grad_()
+    idx = random_support(o, i, d, g).to(device)
+    v = (torch.randn(idx.numel(), generator=g) / i**0.5).to(**kw).requires_grad_()
+    b = torch.zeros(o, **kw).requires_grad_()
+    gy = torch.randn(T, o, generator=g).to(**kw)
     return x, B, A, v, idx, b, gy
 
 
-def step_fn(name, i, o, T, r, d):
-    x, B, A, v, idx, b, gy = make(i, o, T, r, d)
+def step_fn(name, i, o, T, r, d, device="cpu", dtype=torch.float32):
+    x, B, A, v, idx, b, gy = make(i, o, T, r, d, device=device, dtype=dtype)
     scale = 0.25
     if name == "structops":
         return lambda: structops.sparse_lowrank_linear(x, B, A, v, idx, scale, b).backward(gy)
     if name == "sltrain_algorithm":
         idx64 = idx.long()
         return lambda: SLTrainAlgorithm.apply(x, B, A, v, idx64, scale, b).backward(gy)
-    lin = torch.nn.Linear(i, o)
+    lin = torch.nn.Linear(i, o).to(device=device, dtype=dtype)
     return lambda: lin(x).backward(gy)
+
+
+def cuda_peak_extra_bytes(fn) -> int:
+    """Peak bytes allocated above what is live before a warm fwd+bwd (CUDA caching allocator)."""
+    fn()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
 
 
 def _status_kib(field: str) -> int:
@@ -123,7 +138,13 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cases", default=None, help="in:out:tokens:rank:density,...")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: nothing to benchmark", file=sys.stderr)
+        sys.exit(2)
+    dtype = getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.cases:
@@ -133,9 +154,9 @@ def main():
     else:
         cases = [(1024, 1024, 4096, 128, 0.03), (4096, 1024, 4096, 128, 0.03), (1024, 4096, 4096, 128, 0.03)]
     min_runs, min_seconds = (2, 0.1) if args.quick else (5, 1.0)
-    meta = run_meta("cpu")
+    meta = run_meta(args.device, dtype=args.dtype)
     print(f"# structops sparse+low-rank (SLTrain) benchmark  {meta['date']}  commit {meta['commit']}")
-    print(f"# {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}; float32 fwd+bwd")
+    print(f"# {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}; {args.dtype} fwd+bwd on {args.device}")
     hdr = (f"{'in':>5} {'out':>5} {'T':>5} {'r':>4} {'dens':>5} {'ours ms':>8} {'SLTrain ms':>10} {'dense ms':>8} "
            f"{'vs_SLT':>7} {'vs_dns':>7} {'GF/s':>5} {'peak MiB ours/SLT/dense':>24} {'mem_ratio':>9} {'beyond y,dx':>11}")
     print(hdr)
@@ -144,10 +165,13 @@ def main():
     for case in cases:
         i, o, T, r, d = case
         names = ("structops", "sltrain_algorithm", "dense_linear")
-        fns = {n: step_fn(n, i, o, T, r, d) for n in names}
-        times = interleaved_times(fns, "cpu", min_runs, min_seconds)
+        fns = {n: step_fn(n, i, o, T, r, d, args.device, dtype) for n in names}
+        times = interleaved_times(fns, args.device, min_runs, min_seconds)
         med = {k: median(v) for k, v in times.items()}
-        peaks = {n: peak_extra_bytes(n, case, torch.get_num_threads()) for n in names}
+        if args.device == "cuda":
+            peaks = {n: cuda_peak_extra_bytes(f) for n, f in fns.items()}
+        else:
+            peaks = {n: peak_extra_bytes(n, case, torch.get_num_threads()) for n in names}
         nnz = int(d * o * i)
         flops = 2 * (3 * T * r * (i + o) + 3 * T * nnz)
         res = {"in": i, "out": o, "tokens": T, "rank": r, "density": d, "nnz": nnz,
@@ -155,7 +179,7 @@ def main():
                "peak_extra_bytes": peaks, "vs_sltrain": med["sltrain_algorithm"] / med["structops"],
                "vs_dense": med["dense_linear"] / med["structops"],
                "mem_ratio": peaks["structops"] / max(peaks["sltrain_algorithm"], 1), "gflops": flops / med["structops"] / 1e9}
-        io = T * (i + o) * 4
+        io = T * (i + o) * torch.finfo(dtype).bits // 8
         res["peak_beyond_io_bytes"] = {k: max(v - io, 0) for k, v in peaks.items()}
         res["mem_ratio_beyond_io"] = res["peak_beyond_io_bytes"]["structops"] / max(res["peak_beyond_io_bytes"]["sltrain_algorithm"], 1)
         results.append(res)

@@ -3,7 +3,8 @@
 #   bash scripts/gpu_check.sh OUTDIR            # on the GPU machine (device tool: OUTDIR=$OUT)
 #   GPU_CHECK_DRY=1 bash scripts/gpu_check.sh D  # anywhere: every stage that needs no GPU (CI)
 #
-# Stages, each under its own `timeout`; the whole script is sized for < 6 min on a 16-core H200:
+# Stages, each under its own `timeout` (together more than the device tool's 10-minute call limit:
+# a full run has never been timed, no session has had a GPU yet; split it as below if needed):
 #   env      tool and library versions                               -> env.txt
 #   build    one configure/build of the extension *and* the CUDA microbenchmark, for the GPU's
 #            own arch (dry: the archs of `make test`, reusing build/dev)  -> logs.tar.gz:build.log
@@ -17,8 +18,19 @@
 #            structops (each engine) vs dense cuBLAS vs the bmm reference; butterfly batch 64/2048,
 #            n 1024/4096, fp32/bf16/complex64 vs the torch path and dense; RandLoRA / VeRA bf16
 #            4096x4096 and 4096x14336 at 16k tokens vs peft (if its wheels were carried: see
-#            scripts/fetch_gpu_wheels.sh) incl. peak memory  -> bench_cuda.json/.log
-#   bench-c  the C++ CUDA microbenchmark (CUTLASS engine, no torch)  -> logs.tar.gz
+#            scripts/fetch_gpu_wheels.sh) incl. peak memory; SLTrain bf16 4096x4096 and 1024x4096
+#            at 16k tokens vs the SLTrain algorithm and dense (issue #11: <= 1.1x dense), peak
+#            memory; K-FAC factor update / damped inverse / eigh / preconditioning on the 48 x 256^2
+#            and GPT-2-small factor sets vs the per-layer loops (issue #12: eigh >= 5x)
+#            -> bench_cuda.json (one object, a key per family) / bench_cuda.log
+#            GPU_CHECK_BENCHES="monarch butterfly randbasis sparse_lowrank kfac" (the default)
+#            picks the families
+#   cbench   the C++ CUDA microbenchmark (CUTLASS engine, no torch)  -> logs.tar.gz
+# GPU_CHECK_STAGES="tests memcheck bench cbench" (the default) picks the stages after build and
+# sass, so a tight device budget can split the run over two calls on the same warm machine (it
+# keeps the build dir, so the second call's build is incremental), e.g.
+#   GPU_CHECK_STAGES="tests memcheck bench" GPU_CHECK_BENCHES="monarch butterfly randbasis" ...
+#   GPU_CHECK_STAGES="bench cbench" GPU_CHECK_BENCHES="sparse_lowrank kfac" ...
 # At most 8 files are left in OUTDIR: summary.txt env.txt sass.txt pytest_cuda.log
 # bench_cuda.log bench_cuda.json memcheck.log logs.tar.gz (everything else is tarred).
 #
@@ -39,6 +51,8 @@ else
   BUILD_DIR=${GPU_CHECK_BUILD_DIR:-build/gpu}
 fi
 t0=$(date +%s)
+stages=${GPU_CHECK_STAGES:-tests memcheck bench cbench}
+stage() { case " $stages " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 log() { echo "[gpu_check $(( $(date +%s) - t0 ))s] $*" | tee -a "$out/summary.txt"; }
 : > "$out/summary.txt"
 log "start (dry=$DRY, python $PY, build dir $BUILD_DIR)"
@@ -111,13 +125,17 @@ fi
 
 # ---- tests --------------------------------------------------------------------------------
 export PYTHONUNBUFFERED=1
+if stage tests; then
 STRUCTOPS_TEST_TIMEOUT=60 timeout 300 $PY -m pytest -q -x -m cuda tests/test_cuda.py tests/test_butterfly_cuda.py tests/test_randbasis_cuda.py tests/test_sparse_lowrank_cuda.py tests/test_kfac_cuda.py -p no:cacheprovider \
   > "$out/pytest_cuda.log" 2>&1
 log "cuda tests (exit $?): $(tail -1 "$out/pytest_cuda.log")"
+fi
 
 # ---- memcheck -----------------------------------------------------------------------------
 san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-if [ "$have_gpu" = 1 ] && [ -n "$san" ]; then
+if ! stage memcheck; then
+  :
+elif [ "$have_gpu" = 1 ] && [ -n "$san" ]; then
   timeout 180 "$san" --tool memcheck --error-exitcode 3 $PY scripts/gpu_sanitize_case.py > "$out/memcheck.log" 2>&1
   log "memcheck (exit $?): $(grep -E 'ERROR SUMMARY' "$out/memcheck.log" | tail -1)"
 else
@@ -126,28 +144,61 @@ else
 fi
 
 # ---- bench --------------------------------------------------------------------------------
+benches=${GPU_CHECK_BENCHES:-monarch butterfly randbasis sparse_lowrank kfac}
+stage bench || benches=""
+bench_fail=0
+# run_bench FAMILY TIMEOUT SCRIPT ARGS...: one family's GPU benchmark (JSON to bench_FAMILY_cuda.json,
+# table appended to bench_cuda.log).  Dry (no GPU): the same command line runs up to its "no CUDA
+# device" exit, which proves the script parses these arguments; anything else fails the check.
+run_bench() {
+  local fam=$1 limit=$2; shift 2
+  case " $benches " in *" $fam "*) ;; *) return 0 ;; esac
+  if [ "$have_gpu" = 1 ]; then
+    timeout "$limit" $PY "$@" --json "$out/bench_${fam}_cuda.json" >> "$out/bench_cuda.log" 2>&1
+    log "python $fam bench (exit $?)"
+  else
+    local msg
+    msg=$(timeout 120 $PY "$@" --json "$out/bench_${fam}_cuda.json" 2>&1)
+    if grep -q "no CUDA device" <<<"$msg"; then
+      echo "$fam: command line accepted (no GPU)" >> "$out/bench_cuda.log"
+    else
+      log "BENCH $fam: the GPU command line fails before the device check: $(tail -2 <<<"$msg" | tr '\n' ' ')"
+      bench_fail=1
+    fi
+  fi
+}
+: > "$out/bench_cuda.log"
+[ "$have_gpu" = 1 ] || echo "no GPU: the benchmarks need one; their command lines were checked" >> "$out/bench_cuda.log"
+run_bench monarch 240 bench/bench_monarch.py --device cuda --dtype bfloat16 --cases 16384:4096:4,16384:4096:64,65536:1024:32
+run_bench butterfly 150 bench/bench_butterfly.py --device cuda \
+  --cases 64:1024:float32:1,64:1024:bfloat16:1,2048:1024:float32:1,2048:4096:bfloat16:1,2048:1024:complex64:1
+run_bench randbasis 150 bench/bench_randbasis.py --device cuda --dtype bfloat16 --cases 4096:4096:16384,4096:14336:16384
+run_bench sparse_lowrank 120 bench/bench_sparse_lowrank.py --device cuda --dtype bfloat16 \
+  --cases 4096:4096:16384:128:0.03,1024:4096:16384:128:0.03
+run_bench kfac 150 bench/bench_kfac.py --device cuda
 if [ "$have_gpu" = 1 ]; then
-  timeout 240 $PY bench/bench_monarch.py --device cuda --dtype bfloat16 \
-    --cases 16384:4096:4,16384:4096:64,65536:1024:32 --json "$out/bench_cuda.json" > "$out/bench_cuda.log" 2>&1
-  log "python bench (exit $?)"
-  timeout 150 $PY bench/bench_butterfly.py --device cuda \
-    --cases 64:1024:float32:1,64:1024:bfloat16:1,2048:1024:float32:1,2048:4096:bfloat16:1,2048:1024:complex64:1 \
-    --json "$out/bench_butterfly_cuda.json" >> "$out/bench_cuda.log" 2>&1
-  log "python butterfly bench (exit $?)"
-  timeout 150 $PY bench/bench_randbasis.py --device cuda --dtype bfloat16 --cases 4096:4096:16384,4096:14336:16384 \
-    --json "$out/bench_randbasis_cuda.json" >> "$out/bench_cuda.log" 2>&1
-  log "python randbasis bench (exit $?)"
   # one JSON file for every family (at most 8 files come back)
-  $PY -c "import json,os,sys; ld=lambda p: json.load(open(p)) if os.path.exists(p) else {}; json.dump({'monarch': ld(sys.argv[1]), 'butterfly': ld(sys.argv[2]), 'randbasis': ld(sys.argv[3])}, open(sys.argv[1], 'w'), indent=1)" \
-    "$out/bench_cuda.json" "$out/bench_butterfly_cuda.json" "$out/bench_randbasis_cuda.json" \
-    && rm -f "$out/bench_butterfly_cuda.json" "$out/bench_randbasis_cuda.json"
-  grep -E "structops\[|vs dense" "$out/bench_cuda.log" | tee -a "$out/summary.txt" >/dev/null
+  $PY - "$out" $benches <<'PYEOF'
+import json, os, sys
+out, fams = sys.argv[1], sys.argv[2:]
+merged = {}
+for fam in fams:
+    p = os.path.join(out, f"bench_{fam}_cuda.json")
+    merged[fam] = json.load(open(p)) if os.path.exists(p) else {}
+    if os.path.exists(p):
+        os.remove(p)
+json.dump(merged, open(os.path.join(out, "bench_cuda.json"), "w"), indent=1)
+PYEOF
+  # the headline rows of every table into the summary
+  grep -E "structops\[|vs dense|x  loop|x  torch chain|x  cat|^ *[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ +0\.[0-9]+ " \
+    "$out/bench_cuda.log" | tee -a "$out/summary.txt" >/dev/null
 else
-  echo "no GPU: the benchmark needs one" > "$out/bench_cuda.log"
-  log "bench: skipped (no GPU)"
+  log "bench: skipped (no GPU); command lines checked for: $benches (failed: $bench_fail)"
 fi
 bench_bin="$BUILD_DIR/bench/cpp/bench_monarch_cuda"
-if [ -x "$bench_bin" ]; then
+if ! stage cbench; then
+  :
+elif [ -x "$bench_bin" ]; then
   timeout 120 "$bench_bin" 16384 4096 4 16384 4096 64 65536 1024 32 > "$out/bench_cuda_cpp.jsonl" 2>&1
   log "C++ bench (exit $?): $(head -c 300 "$out/bench_cuda_cpp.jsonl")"
 else
@@ -167,4 +218,5 @@ if [ ${#extra_files[@]} -gt 0 ]; then
 fi
 n=$(ls "$out" | wc -l)
 if [ "$n" -gt 8 ]; then echo "gpu_check: $n files in $out (max 8)" >&2; exit 1; fi
+if [ "$bench_fail" != 0 ]; then echo "gpu_check: a benchmark command line is broken (summary.txt)" >&2; exit 1; fi
 exit 0
