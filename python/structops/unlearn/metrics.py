@@ -37,6 +37,7 @@ __all__ = [
     "retain_kl",
     "klom",
     "binned_kl",
+    "binned_kl_columns",
     "gaussian_klom",
     "confidence_features",
     "mia_loss_threshold",
@@ -131,12 +132,66 @@ def binned_kl(p_arr: np.ndarray, q_arr: np.ndarray, bin_count: int = 20, eps: fl
     return float(stats.entropy(pk=pp, qk=qs))
 
 
+def binned_kl_columns(p_cols, q_cols, bin_count: int = 20, eps: float = 1e-5, min_val: float = -100.0,
+                      max_val: float = 100.0, chunk_elems: int = 1 << 22) -> np.ndarray:
+    """``[binned_kl(p_cols[:, i], q_cols[:, i]) for i in range(n_points)]`` for (n_p, n_points) and
+    (n_q, n_points) samples, vectorised over the points and bit-identical to the per-point loop
+    (the same linspace, digitize, normalisations and scipy ``rel_entr`` in the same order; tested
+    for exact equality): the loop's ~50k small numpy/scipy calls per aggregate were a third of
+    the unlearning protocol's time.  Points are processed in chunks of at most ``chunk_elems``
+    bin comparisons."""
+    from scipy import special
+
+    p = np.clip(np.asarray(p_cols, dtype=np.float64), min_val, max_val)
+    q = np.clip(np.asarray(q_cols, dtype=np.float64), min_val, max_val)
+    if p.ndim != 2 or q.ndim != 2 or p.shape[1] != q.shape[1]:
+        raise ValueError(f"binned_kl_columns needs (n_samples, n_points) arrays with equal n_points, "
+                         f"got {p.shape} and {q.shape}")
+    if np.isnan(p).any() or np.isnan(q).any():
+        raise ValueError("binned_kl_columns: the samples contain NaN (margins of a diverged model?)")
+    n_points = p.shape[1]
+    out = np.empty(n_points)
+    if n_points == 0:
+        return out
+    if p.shape[0] == 0 or q.shape[0] == 0:
+        raise ValueError(f"binned_kl_columns needs at least one sample on each side, got {p.shape} and {q.shape}")
+    p, q = np.ascontiguousarray(p.T), np.ascontiguousarray(q.T)  # (n_points, n_samples)
+    start = np.minimum(p.min(1), q.min(1))
+    end = np.maximum(p.max(1), q.max(1))
+    end = np.where(start >= end, start + 1, end)
+    if np.any((end - start) / bin_count == 0):  # linspace's zero-step branch would differ: per point
+        return np.array([binned_kl(p[i], q[i], bin_count, eps, min_val, max_val) for i in range(n_points)])
+    bins = np.linspace(start, end, bin_count + 1, axis=1)  # (n_points, bin_count + 1), as per point
+    step = max(1, chunk_elems // ((p.shape[1] + q.shape[1]) * (bin_count + 1)))
+    for c0 in range(0, n_points, step):
+        sl = slice(c0, min(c0 + step, n_points))
+        b = bins[sl, None, :]
+
+        def counts(x):
+            # np.digitize(x, bins) (increasing bins) = number of bin edges <= x
+            idx = (x[sl, :, None] >= b).sum(-1)
+            return np.stack([(idx == i).sum(1) for i in range(1, bin_count + 1)], axis=1)
+
+        pc, qc = counts(p), counts(q)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pt, qt = pc.sum(1, keepdims=True), qc.sum(1, keepdims=True)
+            pp = np.where(pt > 0, pc / np.where(pt > 0, pt, 1), 0.0)
+            qp = np.where(qt > 0, qc / np.where(qt > 0, qt, 1), 0.0)
+            qs = np.where(pp > 0, np.maximum(qp, eps), qp)
+            # scipy.stats.entropy(pk=pp, qk=qs): both renormalised, then sum(rel_entr)
+            qk = qs / qs.sum(1, keepdims=True)
+            pk = pp / pp.sum(1, keepdims=True)
+            out[sl] = special.rel_entr(pk, qk).sum(1)
+    return out
+
+
 def klom(unlearned_margins, oracle_margins) -> np.ndarray:
-    """Per-point KLoM: binned KL(unlearned margins || oracle margins); inputs (n_models, n_points)."""
+    """Per-point KLoM: binned KL(unlearned margins || oracle margins); inputs (n_models, n_points).
+    Each point is ``binned_kl`` of its two columns (computed for all points at once)."""
     u, o = np.asarray(unlearned_margins), np.asarray(oracle_margins)
     if u.ndim != 2 or o.ndim != 2 or u.shape[1] != o.shape[1]:
         raise ValueError(f"klom needs (n_models, n_points) arrays with equal n_points, got {u.shape} and {o.shape}")
-    return np.array([binned_kl(u[:, i], o[:, i]) for i in range(u.shape[1])])
+    return binned_kl_columns(u, o)
 
 
 def gaussian_klom(unlearned_margins, oracle_margins, std_floor: float = 0.1) -> np.ndarray:
