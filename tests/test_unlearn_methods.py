@@ -217,6 +217,35 @@ def test_newton_step_matches_dense_formula(memorised):
     assert rel < 1e-3
 
 
+def test_newton_step_curvature_cache_reuses_the_ggn_and_changes_nothing(memorised, monkeypatch):
+    """Configurations on one model share the exact GGN through curvature_cache (the protocol
+    bundles them): each returns bit-for-bit what it returns uncached, the GGN is built once per
+    (model, retain set), and a different retain set or model state misses the cache."""
+    model, forget, retain = memorised
+    calls = []
+    real = unlearn.methods.exact_ggn
+    monkeypatch.setattr(unlearn.methods, "exact_ggn", lambda *a, **k: calls.append(1) or real(*a, **k))
+    configs = [dict(damping=1e-3), dict(damping=1e-2, weight_decay=1e-4), dict(damping=1e-4, eta=0.5)]
+
+    def flat(m):
+        return torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+
+    uncached = [flat(unlearn.newton_step(model, forget, retain, **c)) for c in configs]
+    assert len(calls) == 3
+    cache = {}
+    cached = [flat(unlearn.newton_step(model, forget, retain, curvature_cache=cache, **c)) for c in configs]
+    assert len(calls) == 4 and len(cache) == 1  # one GGN for the three configurations
+    for a, b in zip(cached, uncached):
+        assert torch.equal(a, b)
+    assert not torch.equal(cached[0], cached[1])  # the configurations do differ
+    unlearn.newton_step(model, forget, (retain[0][1:], retain[1][1:]), curvature_cache=cache)  # other retain set
+    moved = unlearn.newton_step(model, forget, retain, damping=1e-3)
+    unlearn.newton_step(moved, forget, retain, curvature_cache=cache)  # other model state
+    assert len(calls) == 7 and len(cache) == 3
+    with pytest.raises(TypeError, match="curvature_cache"):
+        unlearn.newton_step(model, forget, retain, curvature_cache=[])
+
+
 def _split(flat, params):
     out, off = [], 0
     for p in params.values():

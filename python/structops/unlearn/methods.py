@@ -504,13 +504,20 @@ def _flat_grad(model, data, objective, batch_size=None) -> Tensor:
 
 @_method
 def newton_step(model, forget, retain, objective, gen, *, eta: float | None = None, damping: float = 1e-3,
-                weight_decay: float = 0.0, max_params: int = 20000):
+                weight_decay: float = 0.0, max_params: int = 20000, curvature_cache: dict | None = None):
     """One influence-calibrated Gauss-Newton step with the EXACT GGN of the retain loss:
     theta <- theta + eta (G_r + (weight_decay + damping) I)^-1 (grad L_f + weight_decay theta),
     eta = |forget| / |retain| by default — the first-order estimate of retraining without the
     forget set (Koh & Liang 2017; with weight_decay the L2 term of the training objective).
     The analytic reference for the K-FAC-based methods; dense GGN, so small models only
-    (``max_params``)."""
+    (``max_params``).
+
+    ``curvature_cache``: as kfade's — an optional dict the caller owns; the GGN (which depends on
+    the model's state, the retain data and the objective, not on eta, damping or weight_decay)
+    is stored in it and reused by a later call with the same key, which then returns exactly what
+    it would have computed (the protocol shares one per original across the configurations)."""
+    if curvature_cache is not None and not isinstance(curvature_cache, dict):
+        raise TypeError(f"newton_step: curvature_cache must be a dict or None, got {type(curvature_cache).__name__}")
     params = _flat_params(model)
     P = sum(p.numel() for p in params)
     if P > max_params:
@@ -519,7 +526,12 @@ def newton_step(model, forget, retain, objective, gen, *, eta: float | None = No
     n_f, n_r = num_examples(forget), num_examples(retain)
     eta = n_f / n_r if eta is None else eta
     model.eval()
-    G = exact_ggn(model, retain, objective)
+    key = None if curvature_cache is None else _curvature_key(model, retain, objective, "exact_ggn")
+    G = curvature_cache.get(key) if key is not None else None
+    if G is None:
+        G = exact_ggn(model, retain, objective)
+        if key is not None:
+            curvature_cache[key] = G
     theta = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in params])
     g = _flat_grad(model, forget, objective) + weight_decay * theta
     A = G + (weight_decay + damping) * torch.eye(P, dtype=torch.float64)
@@ -549,9 +561,11 @@ def _kfac_output_fn(objective: Objective):
     return fn
 
 
-def _curvature_key(model, retain, objective, layers, fisher_type, mc_samples, seed, batch_size) -> str | None:
-    """kfade's curvature-cache key: a hash of everything the retain curvature depends on, or
-    None when the retain data are not a tuple of tensors (then nothing is cached)."""
+def _curvature_key(model, retain, objective, *settings) -> str | None:
+    """The curvature-cache key of kfade and newton_step: a hash of everything the retain
+    curvature depends on — the model's state, the retain tensors, the objective and the method's
+    ``settings`` (reprs) — or None when the retain data are not a tuple of tensors (then nothing
+    is cached)."""
     import hashlib
 
     from .data import _is_tensor_tuple
@@ -572,8 +586,7 @@ def _curvature_key(model, retain, objective, layers, fisher_type, mc_samples, se
     for t in retain:
         h.update(str(tuple(t.shape)).encode())
         put(t)
-    h.update(repr((type(objective).__qualname__, sorted(vars(objective).items()), layers, fisher_type, mc_samples,
-                   seed, batch_size)).encode())
+    h.update(repr((type(objective).__qualname__, sorted(vars(objective).items()), *settings)).encode())
     return h.hexdigest()
 
 
