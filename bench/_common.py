@@ -57,6 +57,17 @@ def interleaved_times(fns: dict, device: str, min_runs: int, min_seconds: float)
     return times
 
 
+def cuda_peak_bytes(fn) -> int:
+    """Peak bytes the CUDA caching allocator holds above what is live before one call of fn()
+    (call it warm: the first call's one-time buffers would count otherwise)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
 def run_meta(device: str, **extra) -> dict:
     """Date, commit, machine, threads, torch and structops build of this run (+ extra fields)."""
     import structops

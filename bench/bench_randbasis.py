@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from _common import interleaved_times, median, run_meta, write_json
+from _common import cuda_peak_bytes, interleaved_times, median, run_meta, write_json
 
 import structops
 from structops.nn import RandLoRALinear, VeRALinear
@@ -103,14 +103,7 @@ def _saved_bytes(fn, x, model):
 
 
 def _peak_bytes(fn, device):
-    if device != "cuda":
-        return None
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
+    return cuda_peak_bytes(fn) if device == "cuda" else None
 
 
 def bench_case(in_f, out_f, tokens, device, min_runs, min_seconds, dtype=torch.float32, memory_bf16=True):

@@ -31,7 +31,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from _common import interleaved_times, median, run_meta, write_json
+from _common import cuda_peak_bytes, interleaved_times, median, run_meta, write_json
 
 import structops
 from structops.nn.sltrain import random_support
@@ -85,17 +85,6 @@ def step_fn(name, i, o, T, r, d, device="cpu", dtype=torch.float32):
         return lambda: SLTrainAlgorithm.apply(x, B, A, v, idx64, scale, b).backward(gy)
     lin = torch.nn.Linear(i, o).to(device=device, dtype=dtype)
     return lambda: lin(x).backward(gy)
-
-
-def cuda_peak_extra_bytes(fn) -> int:
-    """Peak bytes allocated above what is live before a warm fwd+bwd (CUDA caching allocator)."""
-    fn()
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
 
 
 def _status_kib(field: str) -> int:
@@ -169,7 +158,7 @@ def main():
         times = interleaved_times(fns, args.device, min_runs, min_seconds)
         med = {k: median(v) for k, v in times.items()}
         if args.device == "cuda":
-            peaks = {n: cuda_peak_extra_bytes(f) for n, f in fns.items()}
+            peaks = {n: cuda_peak_bytes(f) for n, f in fns.items()}  # warm: timed above
         else:
             peaks = {n: peak_extra_bytes(n, case, torch.get_num_threads()) for n in names}
         nnz = int(d * o * i)
