@@ -22,6 +22,7 @@ ROOT = os.path.dirname(HERE)
 TESTS = ["tests/test_unlearn_methods.py", "tests/test_unlearn_metrics.py", "tests/test_unlearn_probes.py",
          "tests/test_unlearn_tracks.py::test_oracle_free_choice_uses_no_oracle_quantity",
          "tests/test_unlearn_tracks.py::test_track_a_variant_originals",
+         "tests/test_unlearn_tracks.py::test_gradient_restriction_closed_form_matches_double_backprop",
          "tests/test_unlearn_tracks.py::test_protocol_runs_methods_on_their_variant_originals",
          "tests/test_unlearn_tracks.py::test_track_b_truth_ratio_uses_tofus_paraphrased_answer",
          "tests/test_unlearn_tracks.py::test_track_b_scored_path_equals_the_full_forward",
@@ -112,6 +113,31 @@ def _mutations():
         track_a.train_lbfgs = lambda model, data, l2=track_a.L2, max_iter=1500, gradient_restriction=0.0: orig(
             model, data, l2, max_iter, 0.0)
 
+    def gr_closed_form_tanh(unlearn):  # the closed-form restriction with tanh' = 1 - h, not 1 - h²
+        from structops.unlearn.tracks import track_a
+
+        def wrong(model, stacked):
+            xb, onehot, weight = stacked
+            W1, b1, W2, b2 = model.fc1.weight, model.fc1.bias, model.fc2.weight, model.fc2.bias
+            h = torch.tanh(xb @ W1.T + b1)
+            d2 = (torch.softmax(h @ W2.T + b2, -1) - onehot) * weight
+            d1 = (d2 @ W2) * (1 - h)
+            return (torch.linalg.vector_norm(d1.transpose(1, 2) @ xb, dim=(1, 2))
+                    + torch.linalg.vector_norm(d1.sum(1), dim=1)
+                    + torch.linalg.vector_norm(d2.transpose(1, 2) @ h, dim=(1, 2))
+                    + torch.linalg.vector_norm(d2.sum(1), dim=1)).mean()
+        track_a.gradient_restriction_mlp = wrong
+
+    def gr_batches_equal_weight(unlearn):  # the short last restriction batch weighted as a full one
+        from structops.unlearn.tracks import track_a
+
+        orig = track_a.stack_restriction_batches
+
+        def equal(x, y, batches, n_classes=10):
+            xb, onehot, weight = orig(x, y, batches, n_classes)
+            return xb, onehot, (weight > 0).to(weight.dtype) / track_a.GR_BATCH
+        track_a.stack_restriction_batches = equal
+
     def variants_ignored(unlearn):  # the protocol runs every method on the ordinary original
         from structops.unlearn import protocol
 
@@ -198,6 +224,8 @@ def _mutations():
         "wording_trained_on_authors": wording_trained_on_authors,
         "sparse_no_rewind": sparse_no_rewind,
         "gr_ignored": gr_ignored,
+        "gr_closed_form_tanh": gr_closed_form_tanh,
+        "gr_batches_equal_weight": gr_batches_equal_weight,
         "variants_ignored": variants_ignored,
         "omp_prunes_head": omp_prunes_head,
         "mrp_forget_init": mrp_forget_init,

@@ -68,6 +68,32 @@ def test_track_a_variant_originals():
     assert TrackA().supports_variant("sparse-0.95") and not TrackB().supports_variant("gr-0.005")
 
 
+def test_gradient_restriction_closed_form_matches_double_backprop():
+    """The stacked closed-form batch gradients IAU's restriction trains the gr originals with
+    equal the double-backprop definition — value and gradient w.r.t. every parameter, in
+    float64, with a short last batch (1203 = 9 x 128 + 51), at a trained-ish and a random point."""
+    from structops.unlearn.tracks import track_a as ta
+
+    t = TrackA()
+    x, y = t.setup("mislabel", 1).train
+    x = x.double()
+    batches = ta.restriction_batches(len(y))
+    assert [len(b) for b in batches] == [128] * 9 + [51]
+    stacked = ta.stack_restriction_batches(x, y, batches)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = ta.DigitsMLP().double()
+        with torch.no_grad():
+            for p in m.parameters():
+                p.mul_(1 + 2 * seed)  # seed 1: larger weights, saturated tanh units
+        params = list(m.parameters())
+        ref = ta.gradient_restriction_autograd(m, params, x, y, batches)
+        got = ta.gradient_restriction_mlp(m, stacked)
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
+        for g_ref, g_got in zip(torch.autograd.grad(ref, params), torch.autograd.grad(got, params)):
+            torch.testing.assert_close(g_got, g_ref, rtol=1e-10, atol=1e-14)
+
+
 def test_protocol_runs_methods_on_their_variant_originals(tmp_path):
     """prune_then_unlearn starts from sparse originals (and is also scored against sparse
     oracles), iau from gradient-restriction-trained ones; the variant originals are reported as

@@ -60,30 +60,77 @@ def load_digits_split():
 GR_BATCH = 128
 
 
+def restriction_batches(n: int) -> list:
+    """The fixed mini-batches of IAU's gradient restriction: a seed-0 permutation of the n
+    training rows cut into ``GR_BATCH``-row pieces (the last one shorter)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    return [order[i:i + GR_BATCH] for i in range(0, n, GR_BATCH)]
+
+
+def gradient_restriction_autograd(model: nn.Module, params: list, x, y, batches: list):
+    """mean_b Σ_params ||∇θ CE(model(x_b), y_b)||₂ by double backprop — any model; the
+    reference :func:`gradient_restriction_mlp` is tested against."""
+    gr = 0.0
+    for b in batches:
+        grads = torch.autograd.grad(nn.functional.cross_entropy(model(x[b]), y[b]), params, create_graph=True)
+        gr = gr + sum(g.norm() for g in grads)
+    return gr / len(batches)
+
+
+def stack_restriction_batches(x, y, batches: list, n_classes: int = 10) -> tuple:
+    """The restriction batches stacked for :func:`gradient_restriction_mlp`: inputs
+    (n_batches, GR_BATCH, 64), one-hot targets (n_batches, GR_BATCH, n_classes) and per-row
+    weights 1/n_b (n_batches, GR_BATCH, 1), the short last batch padded with zero-weight rows."""
+    nb = len(batches)
+    idx = torch.zeros(nb, GR_BATCH, dtype=torch.long)
+    weight = torch.zeros(nb, GR_BATCH, 1, dtype=x.dtype)
+    for i, b in enumerate(batches):
+        idx[i, :len(b)] = b
+        weight[i, :len(b)] = 1.0 / len(b)
+    return x[idx], nn.functional.one_hot(y[idx], n_classes).to(x.dtype), weight
+
+
+def gradient_restriction_mlp(model: "DigitsMLP", stacked: tuple):
+    """The same quantity as :func:`gradient_restriction_autograd` for an unpruned
+    :class:`DigitsMLP`, all batches at once (``stacked``: :func:`stack_restriction_batches`):
+    each batch's gradient in closed form (δ2 = (softmax(z) − onehot(y)) / n_b, ∇W2 = δ2ᵀh,
+    ∇b2 = Σδ2, δ1 = δ2·W2 ⊙ (1 − h²), ∇W1 = δ1ᵀx, ∇b1 = Σδ1).  Autograd differentiates this
+    small graph instead of ten double-backward graphs: the same objective (equal to float64
+    rounding, tested), about 3x faster to train, different float32 rounding."""
+    xb, onehot, weight = stacked
+    W1, b1, W2, b2 = model.fc1.weight, model.fc1.bias, model.fc2.weight, model.fc2.bias
+    h = torch.tanh(xb @ W1.T + b1)                                   # (nb, G, 32)
+    d2 = (torch.softmax(h @ W2.T + b2, -1) - onehot) * weight        # (nb, G, 10)
+    d1 = (d2 @ W2) * (1 - h * h)                                     # (nb, G, 32)
+    norms = (torch.linalg.vector_norm(d1.transpose(1, 2) @ xb, dim=(1, 2)) + torch.linalg.vector_norm(d1.sum(1), dim=1)
+             + torch.linalg.vector_norm(d2.transpose(1, 2) @ h, dim=(1, 2)) + torch.linalg.vector_norm(d2.sum(1), dim=1))
+    return norms.mean()
+
+
 def train_lbfgs(model: nn.Module, data: tuple, l2: float = L2, max_iter: int = 1500,
                 gradient_restriction: float = 0.0) -> nn.Module:
     """Full-batch L-BFGS on mean CE + l2/2·||θ||².  ``gradient_restriction`` = α adds IAU's
     gradient restriction α·Σ_params ||∇θ CE_b||₂, averaged over fixed mini-batches b of
     ``GR_BATCH`` points (IAU computes it per SGD mini-batch; on the full batch it would vanish at
-    the optimum, where ∇CE = -l2·θ ≈ 0) — double backprop.  Parameters reparametrised by
+    the optimum, where ∇CE = -l2·θ ≈ 0) — double backprop (closed-form batch gradients for an
+    unpruned DigitsMLP, :func:`gradient_restriction_mlp`).  Parameters reparametrised by
     torch.nn.utils.prune (weight_orig · mask) train only their unmasked entries."""
     x, y = data
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.LBFGS(params, lr=1, max_iter=max_iter, history_size=50,
                             line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-12)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    gr_batches = [order[i:i + GR_BATCH] for i in range(0, len(y), GR_BATCH)]
+    gr_batches = restriction_batches(len(y))
+    closed_form = type(model) is DigitsMLP and len(params) == 4 and not hasattr(model.fc1, "weight_orig")
+    stacked = stack_restriction_batches(x, y, gr_batches, model.fc2.out_features) if closed_form else None
 
     def closure():
         opt.zero_grad()
         out = model(x)
         loss = nn.functional.cross_entropy(out, y) + 0.5 * l2 * sum((p ** 2).sum() for p in params)
         if gradient_restriction:
-            gr = 0.0
-            for b in gr_batches:
-                grads = torch.autograd.grad(nn.functional.cross_entropy(out[b], y[b]), params, create_graph=True)
-                gr = gr + sum(g.norm() for g in grads)
-            loss = loss + gradient_restriction * gr / len(gr_batches)
+            gr = (gradient_restriction_mlp(model, stacked) if closed_form
+                  else gradient_restriction_autograd(model, params, x, y, gr_batches))
+            loss = loss + gradient_restriction * gr
         loss.backward()
         return loss
 
