@@ -603,3 +603,29 @@ def test_pool_workers_exit_when_the_bench_process_is_killed(tmp_path):
     for p in left:  # do not leave them behind if the test fails
         os.kill(int(p), signal.SIGKILL)
     assert not left, f"pool workers {left} outlived their killed parent"
+
+
+@pytest.mark.parametrize("track_cls", [TrackA, TrackB])
+def test_tuning_evaluate_equals_the_full_evaluation(track_cls):
+    """Tuning measures models with Track.tuning_evaluate (Track B skips truth ratios, options,
+    Min-K%, MIA): every quantity the tuning phase reads is present and bit-identical to
+    evaluate's, so the recorded tuning rows (protocol._compact of the aggregate) are too."""
+    t = track_cls()
+    s = t.setup(t.scenarios[1], 1)
+    torch.manual_seed(0)
+    models = [t.new_model().eval() for _ in range(3)]
+    original = models[0]
+    full = [t.evaluate(m, s, original=original) for m in models]
+    light = [t.tuning_evaluate(m, s, original=original) for m in models]
+    for f, g in zip(full, light):
+        read = [k for k in protocol.TUNING_READS if k in f]
+        assert set(read) <= set(g), f"tuning_evaluate lacks {set(read) - set(g)}"
+        assert "margins_forget" in read and "retain_kl" in read and "acc_forget" in read
+        for k in read:
+            assert np.array_equal(np.asarray(f[k]), np.asarray(g[k])), k
+    arm_f, arm_l, ref_f, ref_l = full[1:], light[1:], full[:2], light[:2]
+    extra = getattr(t, "aggregate_extra", None)  # as the tuning phase calls it
+    summ_f, summ_l = protocol.aggregate(arm_f, ref_f, extra), protocol.aggregate(arm_l, ref_l, extra)
+    assert protocol._compact(summ_l) == protocol._compact(summ_f)
+    assert protocol._score(summ_l) == protocol._score(summ_f) < np.inf
+

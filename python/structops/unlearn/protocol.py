@@ -188,8 +188,14 @@ def _eval_job(args):
     s = _setup(track, args["scenario"], args["split"])
     base = _load(track, args["path"])
     original = base if args["arm"] not in ("oracle",) else None
+    if args.get("tuning"):  # only what tuning reads (Track.tuning_evaluate), equal to the full values
+        def measure(model, original):
+            return track.tuning_evaluate(model, s, original=original)
+    else:
+        def measure(model, original):
+            return track.evaluate(model, s, original=original, probes=args["probes"])
     if args["method"] is None:
-        out = track.evaluate(base, s, original=None, probes=args["probes"])
+        out = measure(base, None)
         out["seconds"] = 0.0
         return [(args["tag"], out)]
     fn = METHODS[args["method"]]
@@ -201,7 +207,7 @@ def _eval_job(args):
         model = fn(base, s.forget, s.retain, objective=track.objective, seed=args["seed"], check=False,
                    **config, **shared)
         seconds = time.perf_counter() - t0
-        out = track.evaluate(model, s, original=original, probes=args["probes"])
+        out = measure(model, original)
         out["seconds"] = seconds
         results.append((tag, out))
     return results
@@ -344,6 +350,11 @@ def aggregate(arm: list[dict], reference: list[dict], extra=None) -> dict:
 
 
 TUNE_SETS = ("forget", "retain", "val")
+# what the tuning phase (split 0) reads of each measurement: the scored margins (_score,
+# _stability), the oracle-free rule's accuracies, and the rest of the recorded tuning row
+# (_compact); Track.tuning_evaluate computes at least these
+TUNING_READS = ("acc_forget", "acc_retain", "acc_val", "acc_test", "retain_kl",
+                "margins_forget", "margins_retain", "margins_val", "margins_test")
 
 
 def _score(summary: dict) -> float:
@@ -543,6 +554,7 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
                 kind = "oracle" if arm in ("oracle", "reference") or arm.startswith("reference@") else "original"
                 out.append(dict(track=track, scenario=scenario, split=split, arm=arm, method=method,
                                 config=config or {}, seed=i, path=paths[(split, kind, seed, variant)], probes=probes,
+                                tuning=split == 0,
                                 tag=(split, arm, method, json.dumps(config or {}, sort_keys=True), i)))
             return out
 

@@ -66,6 +66,12 @@ class Track(ABC):
     def evaluate(self, model, setup: Setup, original=None, probes: bool = False) -> dict:
         """Per-model measurements: floats and per-point arrays (``margins_*`` for KLoM)."""
 
+    def tuning_evaluate(self, model, setup: Setup, original=None) -> dict:
+        """The measurements the protocol's tuning reads (structops.unlearn.protocol.TUNING_READS:
+        accuracies, the margins KLoM scores, retain KL), each equal to ``evaluate``'s value; a
+        track whose full evaluation is expensive overrides this to skip the rest."""
+        return self.evaluate(model, setup, original=original, probes=False)
+
     variants: tuple = ()
 
     def supports_variant(self, variant: str) -> bool:

@@ -94,6 +94,17 @@ def _exact_match(model, ids, labels) -> float:
     return float((correct.sum(1) == mask.sum(1)).float().mean())
 
 
+def _exact(correct, mask):
+    """Per row 1.0 where every answer token is the argmax prediction (from _answer_stats)."""
+    return (correct.sum(1) == mask.sum(1)).float()
+
+
+def _acc_margin(model, question) -> tuple:
+    """Per question: exact-match accuracy and mean margin, numpy (as _qa's "acc" and "margin")."""
+    _, correct, mask, margin = _answer_stats(model, *question)
+    return _exact(correct, mask).numpy(), margin.numpy()
+
+
 def _forget_truth_ratio(tr: np.ndarray) -> float:
     """open-unlearning's forget aggregate mean(min(R, 1/R)); R = 0 (all mass on wrong answers)
     counts as 0, without a division warning."""
@@ -292,7 +303,7 @@ class TrackB(Track):
         else:
             prob = lp.exp().numpy()
         n = mask.sum(1)
-        acc = (correct.sum(1) == n).float()
+        acc = _exact(correct, mask)
         es = []
         for i in range(ids_a.shape[0]):
             c = correct[i][mask[i]].tolist()
@@ -318,6 +329,26 @@ class TrackB(Track):
         return self._qa(model, x[f"{which}_A"], x[f"{which}_perturbed"],
                         (x[f"{which}_para"], x[f"{which}_para_perturbed"]),
                         qpara=x[f"{which}_B"] if qpara else None)
+
+    def tuning_evaluate(self, model, setup: Setup, original=None) -> dict:
+        """What tuning reads, computed exactly as :meth:`evaluate` computes it (the same calls on
+        the same tensors, so equal bit for bit — tested): forget/retain accuracy, the forget,
+        retain, test and validation margins, retain KL.  Skips the truth ratios, option
+        probabilities, Min-K% and MIA — about four fifths of an evaluation's forward passes."""
+        x = setup.extra
+        f_acc, f_margin = _acc_margin(model, x["forget_A"])
+        r_acc, r_margin = _acc_margin(model, x["retain_A"])
+        out = {
+            "acc_forget": float(f_acc.mean()),
+            "acc_retain": float(r_acc.mean()),
+            "margins_forget": f_margin,
+            "margins_retain": r_margin,
+            "margins_test": _acc_margin(model, x["add_test"])[1],
+            "margins_val": _answer_stats(model, *x["add_val"])[3].numpy(),
+        }
+        if original is not None:
+            out["retain_kl"] = metrics.retain_kl(original, model, x["retain_A"], self.objective)
+        return out
 
     def evaluate(self, model, setup: Setup, original=None, probes: bool = False) -> dict:
         x = setup.extra
@@ -386,9 +417,10 @@ class TrackB(Track):
                 ref_tr = np.concatenate([r[key] for r in reference])
                 fq = [metrics.ks_forget_quality(a[key], ref_tr) for a in arm]
                 out["forget_quality" + suffix] = float(np.median(fq))
-        auc_u = float(np.mean([a["mink_auc"] for a in arm]))
-        auc_o = float(np.mean([r["mink_auc"] for r in reference]))
-        out["privleak"] = ((1 - auc_u) - (1 - auc_o)) / max(1 - auc_o, 1e-9) * 100
+        if all("mink_auc" in m for m in arm + reference):  # not measured by tuning_evaluate
+            auc_u = float(np.mean([a["mink_auc"] for a in arm]))
+            auc_o = float(np.mean([r["mink_auc"] for r in reference]))
+            out["privleak"] = ((1 - auc_u) - (1 - auc_o)) / max(1 - auc_o, 1e-9) * 100
         return out
 
     # --- tuning budget: 6 configurations per method ------------------------------------------
