@@ -88,15 +88,15 @@ def _answer_stats(model, ids, labels):
     return mean_lp, correct, mask, margin
 
 
-def _exact_match(model, ids, labels) -> float:
-    """Share of questions whose whole answer is the greedy (argmax) prediction."""
-    _, correct, mask, _ = _answer_stats(model, ids, labels)
-    return float((correct.sum(1) == mask.sum(1)).float().mean())
-
-
 def _exact(correct, mask):
     """Per row 1.0 where every answer token is the argmax prediction (from _answer_stats)."""
     return (correct.sum(1) == mask.sum(1)).float()
+
+
+def _exact_match(model, ids, labels) -> float:
+    """Share of questions whose whole answer is the greedy (argmax) prediction."""
+    _, correct, mask, _ = _answer_stats(model, ids, labels)
+    return float(_exact(correct, mask).mean())
 
 
 def _acc_margin(model, question) -> tuple:
