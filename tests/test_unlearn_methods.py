@@ -246,6 +246,52 @@ def test_newton_step_curvature_cache_reuses_the_ggn_and_changes_nothing(memorise
         unlearn.newton_step(model, forget, retain, curvature_cache=[])
 
 
+@pytest.mark.parametrize("method,inner,configs", [
+    ("ssd", "_diag_importance", [dict(alpha=10, lam=1), dict(alpha=1, lam=0.1), dict(alpha=0.5, lam=1, exponent=2.0)]),
+    ("iau", None, [dict(lr=1e-3), dict(lr=3e-2), dict(lr=1e-4)]),
+])
+def test_ssd_and_iau_caches_reuse_their_statistics_and_change_nothing(memorised, monkeypatch, method, inner, configs):
+    """SSD's importances and IAU's gradient depend on the model, both data sets and the batch
+    size, not on alpha/lam/lr: configurations sharing a curvature_cache (the protocol bundles
+    them) each return bit-for-bit what they return uncached, the statistics are computed once,
+    and another forget set, retain set, model state or batch size misses the cache."""
+    model, forget, retain = memorised
+    fn = getattr(unlearn, method)
+    calls = []
+    if inner is not None:
+        real = getattr(unlearn.methods, inner)
+        monkeypatch.setattr(unlearn.methods, inner, lambda *a, **k: calls.append(1) or real(*a, **k))
+    else:  # IAU: count the backward passes' forward calls through the objective
+        real = unlearn.methods.Objective.mean_nll
+        monkeypatch.setattr(unlearn.methods.Objective, "mean_nll",
+                            lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+
+    def flat(m):
+        return torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+
+    uncached = [flat(fn(model, forget, retain, **c)) for c in configs]
+    per_call = len(calls) // len(configs)
+    assert per_call > 0
+    cache = {}
+    cached = [flat(fn(model, forget, retain, curvature_cache=cache, **c)) for c in configs]
+    assert len(calls) == (len(configs) + 1) * per_call and len(cache) == 1  # computed once for all three
+    for a, b in zip(cached, uncached):
+        assert torch.equal(a, b)
+    assert not torch.equal(cached[0], cached[1]) and not torch.equal(cached[0], flat(model))  # they do differ
+    # everything the statistics depend on is in the key: each of these misses and equals its uncached run
+    moved = unlearn.gradient_ascent(model, forget, lr=1e-2, epochs=1)
+    variants = [(model, (forget[0][1:], forget[1][1:]), retain, {}),
+                (model, forget, (retain[0][1:], retain[1][1:]), {}),
+                (moved, forget, retain, {}),
+                (model, forget, retain, {"batch_size": 7})]
+    for i, (m, f, r, kw) in enumerate(variants):
+        got = flat(fn(m, f, r, curvature_cache=cache, **configs[0], **kw))
+        assert len(cache) == 2 + i
+        assert torch.equal(got, flat(fn(m, f, r, **configs[0], **kw)))
+    with pytest.raises(TypeError, match="curvature_cache"):
+        fn(model, forget, retain, curvature_cache=[])
+
+
 def _split(flat, params):
     out, off = [], 0
     for p in params.values():

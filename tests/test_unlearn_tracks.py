@@ -504,6 +504,32 @@ def test_track_b_fit_check_and_answer_replacement_match_their_plain_forms():
     assert 0.98 < acc < 1.0
     for need in (acc, acc + 1e-9, 0.999, 0.98):
         assert tb._fits(Oracle(), ids, labels, need, batch_size=128) == (acc >= need), need
+    # the screen (first rows in a batch of their own) may only say no when the exact pass would
+    for m in (model, Oracle()):
+        acc = tb._token_accuracy(m, ids, labels, batch_size=128)
+        for need in (0.0, acc / 2, acc, acc + 1e-9, 0.5, 0.98, 0.999, 1.0):
+            for rows in (0, 16, 64, 700):
+                assert tb._fits(m, ids, labels, need, batch_size=128, screen_rows=rows) == (acc >= need), (need, rows)
+
+    # _clear_misses counts a miss only when the label's logit trails the top one by more than
+    # SCREEN_MARGIN: a near tie (which another batching could flip) is not certain
+    class Trailing(torch.nn.Module):
+        supports_scored_positions = True
+
+        def __init__(self, gap):
+            super().__init__()
+            self.gap = gap
+
+        def forward(self, x, scored):
+            rows = [torch.nonzero(scored[i])[:, 0] for i in range(x.shape[0])]
+            tgt = torch.cat([x[i, r + 1] for i, r in enumerate(rows)])
+            out = torch.nn.functional.one_hot(tgt, 428).float()
+            wrong = torch.arange(tgt.numel()) % 5 == 0
+            out[wrong, (tgt[wrong] + 1) % 400] = 1.0 + self.gap  # another token leads by `gap`
+            return out
+    n_wrong = (torch.arange(int((labels[:64] != tb.IGNORE).sum())) % 5 == 0).sum().item()
+    assert tb._clear_misses(Trailing(2 * tb.SCREEN_MARGIN), ids[:64], labels[:64]) == n_wrong > 0
+    assert tb._clear_misses(Trailing(0.5 * tb.SCREEN_MARGIN), ids[:64], labels[:64]) == 0
 
     answers = [[(7 * i + j) % 300 for j in range(int(n))] for i, n in enumerate((labels != tb.IGNORE).sum(1))]
     new_ids, new_labels = tb._replace_answer(ids, labels, answers)

@@ -287,20 +287,35 @@ def l1_sparse(model, forget, retain, objective, gen, *, lr: float = 0.01, epochs
 
 
 @_method
-def iau(model, forget, retain, objective, gen, *, lr: float = 1e-3, batch_size: int | None = 512):
+def iau(model, forget, retain, objective, gen, *, lr: float = 1e-3, batch_size: int | None = 512,
+        curvature_cache: dict | None = None):
     """Influence Approximation Unlearning (IAU, Lolo1222/IAU): ONE Adam step (lr 1e-3) on the
     full-data gradient of mean CE(retain) - mean CE(forget) (retain descent + forget ascent).
     IAU's original is trained with its gradient restriction, loss + 0.005 * sum_params ||grad||_2
     (``Track.train_variant(..., "gr-0.005")``, supplied by the protocol through
-    ``iau.original_variant``); applied to an ordinary original this is a one-step GradDiff."""
+    ``iau.original_variant``); applied to an ordinary original this is a one-step GradDiff.
+
+    ``curvature_cache``: as kfade's — an optional dict the caller owns; the gradient (which
+    depends on the model's state, both data sets, the objective and the batch size, not on lr)
+    is stored in it and reused by a later call with the same key, which then takes exactly the
+    step it would have taken (the protocol shares one per original across the lr grid)."""
+    _check_cache("iau", curvature_cache)
     model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
     opt.zero_grad(set_to_none=True)
-    for data, sign in ((retain, 1.0), (forget, -1.0)):
-        n = num_examples(data)
-        for b in batches(data, batch_size):
-            loss = objective.mean_nll(model, b).sum() * (sign / n)
-            loss.backward()
+    key = _data_key(model, (retain, forget), objective, "iau-gradient", batch_size, curvature_cache)
+    if key is not None and key in curvature_cache:
+        for p, g in zip(params, curvature_cache[key]):
+            p.grad = None if g is None else g.clone()
+    else:
+        for data, sign in ((retain, 1.0), (forget, -1.0)):
+            n = num_examples(data)
+            for b in batches(data, batch_size):
+                loss = objective.mean_nll(model, b).sum() * (sign / n)
+                loss.backward()
+        if key is not None:
+            curvature_cache[key] = [None if p.grad is None else p.grad.detach().clone() for p in params]
     opt.step()
     model.eval()
     return model
@@ -326,16 +341,28 @@ def _diag_importance(model, data, objective, batch_size) -> dict[str, Tensor]:
 
 @_method
 def ssd(model, forget, retain, objective, gen, *, alpha: float = 10.0, lam: float = 1.0, exponent: float = 1.0,
-        batch_size: int | None = 64):
+        batch_size: int | None = 64, curvature_cache: dict | None = None):
     """Selective Synaptic Dampening (Foster et al. 2024, if-loops/selective-synaptic-dampening,
     exact): importances I_D (full train set D = retain + forget) and I_Df (forget), each the
     squared batch-mean gradient averaged over batches (eval mode, true labels); parameters with
     I_Df > alpha I_D are multiplied by beta = min((lam I_D / I_Df)^exponent, 1).  Defaults:
-    lam = 1, alpha = 10 (ResNet18), batch size 64."""
+    lam = 1, alpha = 10 (ResNet18), batch size 64.
+
+    ``curvature_cache``: as kfade's — an optional dict the caller owns; the two importances
+    (which depend on the model's state, both data sets, the objective and the batch size, not
+    on alpha, lam or exponent) are stored in it and reused by a later call with the same key,
+    which then dampens exactly as it would have (the protocol shares one per original)."""
+    _check_cache("ssd", curvature_cache)
     model.eval()
-    full = _concat_data(retain, forget)
-    i_d = _diag_importance(model, full, objective, batch_size)
-    i_f = _diag_importance(model, forget, objective, batch_size)
+    key = _data_key(model, (retain, forget), objective, "ssd-importance", batch_size, curvature_cache)
+    if key is not None and key in curvature_cache:
+        i_d, i_f = curvature_cache[key]
+    else:
+        full = _concat_data(retain, forget)
+        i_d = _diag_importance(model, full, objective, batch_size)
+        i_f = _diag_importance(model, forget, objective, batch_size)
+        if key is not None:
+            curvature_cache[key] = (i_d, i_f)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n not in i_d:
@@ -588,6 +615,23 @@ def _curvature_key(model, retain, objective, *settings) -> str | None:
         put(t)
     h.update(repr((type(objective).__qualname__, sorted(vars(objective).items()), *settings)).encode())
     return h.hexdigest()
+
+
+def _check_cache(method: str, cache):
+    if cache is not None and not isinstance(cache, dict):
+        raise TypeError(f"{method}: curvature_cache must be a dict or None, got {type(cache).__name__}")
+
+
+def _data_key(model, datasets: tuple, objective, what: str, batch_size, cache) -> str | None:
+    """_curvature_key over several data sets (each a tuple of tensors; their tensors hashed in
+    order, so (retain, forget) and (forget, retain) differ), or None without a cache or when a
+    data set is not a tuple of tensors."""
+    from .data import _is_tensor_tuple
+
+    if cache is None or not all(_is_tensor_tuple(d) for d in datasets):
+        return None
+    return _curvature_key(model, tuple(t for d in datasets for t in d), objective, what, batch_size,
+                          [len(d) for d in datasets])
 
 
 def _retain_logprobs(model, data, objective, batch_size) -> list[Tensor]:
