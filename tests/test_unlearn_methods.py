@@ -246,15 +246,21 @@ def test_newton_step_curvature_cache_reuses_the_ggn_and_changes_nothing(memorise
         unlearn.newton_step(model, forget, retain, curvature_cache=[])
 
 
-@pytest.mark.parametrize("method,inner,configs", [
-    ("ssd", "_diag_importance", [dict(alpha=10, lam=1), dict(alpha=1, lam=0.1), dict(alpha=0.5, lam=1, exponent=2.0)]),
-    ("iau", None, [dict(lr=1e-3), dict(lr=3e-2), dict(lr=1e-4)]),
+@pytest.mark.parametrize("method,inner,configs,other", [
+    ("ssd", "_diag_importance", [dict(alpha=10, lam=1), dict(alpha=1, lam=0.1), dict(alpha=0.5, lam=1, exponent=2.0)],
+     {"batch_size": 7}),
+    ("iau", None, [dict(lr=1e-3), dict(lr=3e-2), dict(lr=1e-4)], {"batch_size": 7}),
+    ("representation_projection", "_hidden_states", [dict(dim=2, lr=1e-2, epochs=1, batch_size=4),
+                                                     dict(dim=1, lr=1e-1, epochs=2, batch_size=4),
+                                                     dict(dim=2, lr=1e-3, epochs=1, batch_size=4)],
+     {"layers": ["1"]}),
 ])
-def test_ssd_and_iau_caches_reuse_their_statistics_and_change_nothing(memorised, monkeypatch, method, inner, configs):
-    """SSD's importances and IAU's gradient depend on the model, both data sets and the batch
-    size, not on alpha/lam/lr: configurations sharing a curvature_cache (the protocol bundles
+def test_ssd_iau_and_mrp_caches_reuse_their_statistics_and_change_nothing(memorised, monkeypatch, method, inner,
+                                                                         configs, other):
+    """SSD's importances, IAU's gradient and MRP's hidden states depend on the model, both data
+    sets and the batch size (MRP: the layers), not on alpha/lam/lr/dim: configurations sharing a curvature_cache (the protocol bundles
     them) each return bit-for-bit what they return uncached, the statistics are computed once,
-    and another forget set, retain set, model state or batch size misses the cache."""
+    and another forget set, retain set, model state or batch size (MRP: layers) misses the cache."""
     model, forget, retain = memorised
     fn = getattr(unlearn, method)
     calls = []
@@ -266,8 +272,8 @@ def test_ssd_and_iau_caches_reuse_their_statistics_and_change_nothing(memorised,
         monkeypatch.setattr(unlearn.methods.Objective, "mean_nll",
                             lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
 
-    def flat(m):
-        return torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+    def flat(m):  # parameters and buffers (MRP's projection is a buffer)
+        return torch.cat([t.detach().reshape(-1).float() for t in m.state_dict().values()])
 
     uncached = [flat(fn(model, forget, retain, **c)) for c in configs]
     per_call = len(calls) // len(configs)
@@ -283,11 +289,11 @@ def test_ssd_and_iau_caches_reuse_their_statistics_and_change_nothing(memorised,
     variants = [(model, (forget[0][1:], forget[1][1:]), retain, {}),
                 (model, forget, (retain[0][1:], retain[1][1:]), {}),
                 (moved, forget, retain, {}),
-                (model, forget, retain, {"batch_size": 7})]
+                (model, forget, retain, other)]  # batch size (MRP: the layers)
     for i, (m, f, r, kw) in enumerate(variants):
-        got = flat(fn(m, f, r, curvature_cache=cache, **configs[0], **kw))
+        got = flat(fn(m, f, r, curvature_cache=cache, **{**configs[0], **kw}))
         assert len(cache) == 2 + i
-        assert torch.equal(got, flat(fn(m, f, r, **configs[0], **kw)))
+        assert torch.equal(got, flat(fn(m, f, r, **{**configs[0], **kw})))
     with pytest.raises(TypeError, match="curvature_cache"):
         fn(model, forget, retain, curvature_cache=[])
 

@@ -575,6 +575,65 @@ def test_bundled_kfade_jobs_give_the_unbundled_results(tmp_path, monkeypatch):
                 assert np.array_equal(np.asarray(v), np.asarray(separate["report"]["1"][arm][k])), (arm, k)
 
 
+class TwoConfigTrackA(TrackA):
+    """Track A with each method's last two configurations (module level: pool workers unpickle it)."""
+
+    def grid(self, method):
+        return super().grid(method)[-2:]
+
+
+def test_one_queue_protocol_in_a_pool_equals_the_in_process_run(tmp_path):
+    """run_protocol queues training, tuning and the report's method-free jobs at once (no phase
+    barriers): in a 2-worker pool from an empty cache — tuning jobs waiting for their models,
+    variant originals waiting for their dense models — every number equals the in-process run's."""
+    def run(workers, cache):
+        cfg = protocol.ProtocolConfig(seeds=2, tune_seeds=1, tune_oracles=2, fresh_splits=(1, 2), bootstrap=0,
+                                      stability_resamples=0, methods=("iau", "prune_then_unlearn", "ssd"),
+                                      workers=workers, cache_dir=str(tmp_path / cache), probes=False, progress=False)
+        return protocol.run_protocol(TwoConfigTrackA(max_iter=150), "mislabel", cfg)
+
+    pooled, alone = run(2, "pool"), run(1, "alone")
+    assert pooled["chosen"] == alone["chosen"] and pooled["tuning"].keys() == alone["tuning"].keys()
+    for m in pooled["tuning"]:
+        assert [r["score"] for r in pooled["tuning"][m]] == [r["score"] for r in alone["tuning"][m]]
+    assert pooled["report"].keys() == alone["report"].keys() == {"1", "2"}
+    for split, arms in pooled["report"].items():
+        assert arms.keys() == alone["report"][split].keys()
+        for arm, summ in arms.items():
+            if arm.startswith("_"):
+                continue
+            for k, v in summ.items():
+                if not k.startswith("seconds") and not isinstance(v, dict):
+                    assert np.array_equal(np.asarray(v), np.asarray(alone["report"][split][arm][k])), (split, arm, k)
+    assert sorted(os.listdir(tmp_path / "pool" / "trackA")) == sorted(os.listdir(tmp_path / "alone" / "trackA"))
+
+
+def test_a_failed_training_job_releases_the_jobs_waiting_for_its_model(tmp_path, monkeypatch):
+    """A training job that raises leaves a .failed marker: jobs queued behind it that wait for
+    its model (_wait_for) raise at once instead of waiting; a retry clears the marker."""
+
+    class Broken(TrackA):
+        def train(self, data, seed):
+            raise ValueError("no")
+
+    monkeypatch.setattr(protocol, "_WORKER", {})
+    path = str(tmp_path / "trackA" / "original-x-seed0.pt")
+    job = dict(track=Broken(), scenario="mislabel", split=0, kind="original", seed=0, path=path)
+    with pytest.raises(ValueError, match="no"):
+        protocol._train_job(job)
+    assert os.path.exists(path + ".failed") and not os.path.exists(path)
+    t0 = time.time()
+    with pytest.raises(RuntimeError, match="failed"):
+        protocol._wait_for(path, timeout_s=60)
+    assert time.time() - t0 < 5
+    with pytest.raises(TimeoutError):
+        protocol._wait_for(str(tmp_path / "never.pt"), timeout_s=0.3)
+    job["track"] = TrackA(max_iter=5)
+    protocol._train_job(job)  # the retry succeeds and clears the marker
+    assert os.path.exists(path) and not os.path.exists(path + ".failed")
+    protocol._wait_for(path, timeout_s=1)
+
+
 WORKER_ORPHAN_SCRIPT = """
 import os, sys, time
 from structops.unlearn import protocol

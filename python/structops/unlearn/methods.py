@@ -878,7 +878,7 @@ def _mrp_init(f_states: Tensor, r_states: Tensor, dim: int, init: str, retain_va
 @_method
 def representation_projection(model, forget, retain, objective, gen, *, layers: list[str] | None = None, dim: int = 2,
                               lr: float = 2e-4, epochs: int = 2, batch_size: int | None = 32, retain_weight: float = 1.2,
-                              retain_var: float = 0.9, init: str = "upstream"):
+                              retain_var: float = 0.9, init: str = "upstream", curvature_cache: dict | None = None):
     """MRP-style representation projection (ChengcanWu/MRP): on each chosen hidden state,
     h <- h - h Q^T Q with Q the orthonormal rows of [W_prev; W]; W (dim x d) starts as in MRP's
     code (``init="upstream"``: the top uncentred principal directions of the retain states with
@@ -887,7 +887,13 @@ def representation_projection(model, forget, retain, objective, gen, *, layers: 
     -NLL(forget) + retain_weight * NLL(retain) (defaults: dim 2, lr 2e-4, 2 epochs, 1.2).
     Irreversible; sequential requests accumulate (W_prev = the rows already installed).  The
     projection lives in a buffer ``mrp_basis`` plus a forward hook on each module, so it
-    survives deepcopy and state_dict round-trips."""
+    survives deepcopy and state_dict round-trips.
+
+    ``curvature_cache``: as kfade's — an optional dict the caller owns; the forget and retain
+    hidden states (which depend on the model's state, both data sets and the layers, not on
+    dim, lr or epochs) are stored in it and reused by a later call with the same key, which then
+    returns exactly what it would have (the protocol shares one per original)."""
+    _check_cache("representation_projection", curvature_cache)
     names = layers or _default_layers(model)
     mods = dict(model.named_modules())
     missing = [n for n in names if n not in mods]
@@ -897,8 +903,14 @@ def representation_projection(model, forget, retain, objective, gen, *, layers: 
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    hf = _hidden_states(model, forget, modules)
-    hr = _hidden_states(model, retain, modules)
+    key = _data_key(model, (forget, retain), objective, "mrp-hidden-states", tuple(names), curvature_cache)
+    if key is not None and key in curvature_cache:
+        hf, hr = curvature_cache[key]
+    else:
+        hf = _hidden_states(model, forget, modules)
+        hr = _hidden_states(model, retain, modules)
+        if key is not None:
+            curvature_cache[key] = (hf, hr)
     Ws, prevs = [], []
     for m, f_states, r_states in zip(modules, hf, hr):
         d = f_states.shape[-1]

@@ -154,19 +154,46 @@ def _setup(track: Track, scenario: str, split: int) -> Setup:
     return cache[key]
 
 
+def _wait_for(path: str, timeout_s: float = 6 * 3600, poll_s: float = 0.2):
+    """Blocks until the model file ``path`` exists: jobs are queued after the training jobs that
+    write their models (the pool starts jobs in submission order), so a wait is at most the rest
+    of one training job.  Raises when that training job failed (its ``.failed`` marker)."""
+    start = time.monotonic()
+    while not os.path.exists(path):
+        if os.path.exists(path + ".failed"):
+            raise RuntimeError(f"the training job for {path} failed; see its error in the run's output")
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for model {path}")
+        time.sleep(poll_s)
+
+
 def _train_job(args):
+    path = args["path"]
+    if os.path.exists(path):
+        return path, 0.0
+    if os.path.exists(path + ".failed"):
+        os.remove(path + ".failed")
+    try:
+        return _train(args)
+    except BaseException:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path + ".failed", "w").close()  # releases the jobs waiting for this model
+        raise
+
+
+def _train(args):
     track = _WORKER.get("track") or args["track"]
     s = _setup(track, args["scenario"], args["split"])
     data = s.train if args["kind"] == "original" else s.retain
     path = args["path"]
-    if os.path.exists(path):
-        return path, 0.0
     t0 = time.perf_counter()
     variant = args.get("variant", "dense")
     if variant == "dense":
         model = track.train(data, args["seed"])
     else:  # a sparse variant starts from the dense model of the same data and seed: reuse the cached one
         dense_path = args.get("dense_path")
+        if dense_path and args.get("wait_dense"):  # queued in this run behind the dense model's job
+            _wait_for(dense_path)
         dense = _load(track, dense_path) if dense_path and os.path.exists(dense_path) else None
         model = track.train_variant(data, args["seed"], variant, dense=dense)
     seconds = time.perf_counter() - t0
@@ -186,6 +213,7 @@ def _eval_job(args):
     model, sharing a curvature cache between them.  Returns [(tag, measurements)]."""
     track = _WORKER.get("track") or args["track"]
     s = _setup(track, args["scenario"], args["split"])
+    _wait_for(args["path"])
     base = _load(track, args["path"])
     original = base if args["arm"] not in ("oracle",) else None
     if args.get("tuning"):  # only what tuning reads (Track.tuning_evaluate), equal to the full values
@@ -244,11 +272,6 @@ def _bundle(jobs: list[dict]) -> list[dict]:
     return merged + single
 
 
-def _evaluate_all(pool, jobs: list[dict], label: str, progress: bool) -> dict:
-    """{tag: measurements} of every (bundled) evaluation job."""
-    return {tag: out for part in _map(pool, _eval_job, _bundle(jobs), label, progress) for tag, out in part}
-
-
 def _pool(track: Track, workers: int):
     if workers <= 1:
         _init_worker(track)
@@ -283,26 +306,76 @@ def _map(pool, fn, jobs, progress_label=None, progress=True):
     return results
 
 
-def ensure_models(track: Track, scenario: str, plan, cfg: ProtocolConfig, pool) -> dict:
-    """Trains (or finds in the cache) the models of ``plan``: {split: (original seeds, oracle
-    seeds)} of ordinary models, or a list of (split, kind, variant, seeds); returns
-    {(split, kind, seed, variant): path}."""
+class _Deferred:
+    """The in-process stand-in for a future (workers <= 1): runs its job when its result is
+    first asked for; results are collected in submission order, so producers run first."""
+
+    def __init__(self, fn, job):
+        self.fn, self.job, self.done, self.value = fn, job, False, None
+
+    def result(self):
+        if not self.done:
+            self.value, self.done = self.fn(self.job), True
+        return self.value
+
+
+def _submit(pool, fn, jobs) -> list:
+    """Queues ``jobs`` behind everything submitted before (the pool starts jobs in submission
+    order); returns their futures."""
+    if pool is None:
+        return [_Deferred(fn, j) for j in jobs]
+    return [pool.submit(fn, j) for j in jobs]
+
+
+def _collect(futs: list, progress_label=None, progress=True) -> list:
+    """The results of ``futs`` (in completion order), with a progress bar."""
+    bar = None
+    if progress and progress_label and futs:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(futs), desc=progress_label, leave=False, dynamic_ncols=True)
+        except ImportError:  # tqdm is optional: plain progress lines instead
+            print(f"[{progress_label}] {len(futs)} jobs", flush=True)
+    deferred = [f for f in futs if isinstance(f, _Deferred)]
+    results = []
+    for f in deferred if deferred else cf.as_completed(futs):
+        results.append(f.result())
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    return results
+
+
+def _model_jobs(track: Track, scenario: str, plan, cfg: ProtocolConfig, wait_dense: bool = False) -> tuple:
+    """({(split, kind, seed, variant): path}, training jobs for the models of ``plan`` not in
+    the cache) — plan as ensure_models'; ``wait_dense``: variant jobs wait for their dense
+    model's file (it is being trained by an earlier job of the same submission)."""
     if isinstance(plan, dict):
         plan = [(split, kind, "dense", seeds) for split, (o, r) in plan.items()
                 for kind, seeds in (("original", o), ("oracle", r))]
-    paths, jobs = {}, []
+    paths, jobs = {}, {}
     for split, kind, variant, seeds in plan:
         s = track.setup(scenario, split)
         data = s.train if kind == "original" else s.retain
         for seed in seeds:
             p = _model_path(cfg.cache_dir, track, kind, data, seed, variant)
             paths[(split, kind, seed, variant)] = p
-            if not os.path.exists(p):
-                jobs.append(dict(track=track, scenario=scenario, split=split, kind=kind, seed=seed, path=p,
-                                 variant=variant, dense_path=_model_path(cfg.cache_dir, track, kind, data, seed)))
-    unique = {j["path"]: j for j in jobs}
-    if unique:
-        _map(pool, _train_job, list(unique.values()), f"training {len(unique)} models", cfg.progress)
+            if not os.path.exists(p) and p not in jobs:
+                jobs[p] = dict(track=track, scenario=scenario, split=split, kind=kind, seed=seed, path=p,
+                               variant=variant, dense_path=_model_path(cfg.cache_dir, track, kind, data, seed),
+                               wait_dense=wait_dense and variant != "dense")
+    return paths, list(jobs.values())
+
+
+def ensure_models(track: Track, scenario: str, plan, cfg: ProtocolConfig, pool) -> dict:
+    """Trains (or finds in the cache) the models of ``plan``: {split: (original seeds, oracle
+    seeds)} of ordinary models, or a list of (split, kind, variant, seeds); returns
+    {(split, kind, seed, variant): path}."""
+    paths, jobs = _model_jobs(track, scenario, plan, cfg)
+    if jobs:
+        _map(pool, _train_job, jobs, f"training {len(jobs)} models", cfg.progress)
     return paths
 
 
@@ -542,11 +615,18 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
     tune_variants = sorted({variant_for(m, c) for m in cfg.methods for c in track.grid(m)} - {"dense"})
     pool = _pool(track, cfg.workers)
     try:
-        paths = ensure_models(track, scenario, plan, cfg, pool)
-        # after the dense ones, which the sparse variants start from
-        paths.update(ensure_models(track, scenario, [(0, "original", v, tune_orig_seeds) for v in tune_variants],
-                                   cfg, pool))
-        t_models = time.perf_counter() - started
+        # One queue, no barrier between the phases: the pool starts jobs in submission order and
+        # every job waits for the model files it reads (_wait_for), so the training jobs (the
+        # tuning split's first, then the sparse variants, which start from the dense models),
+        # the tuning jobs and the report's method-free jobs are all queued now; only the
+        # report's method jobs wait for the tuning choice.  Each job computes exactly what it
+        # would compute alone, so results do not depend on the order.
+        paths, train_jobs = _model_jobs(track, scenario, plan, cfg)
+        v_paths, v_jobs = _model_jobs(track, scenario, [(0, "original", v, tune_orig_seeds) for v in tune_variants],
+                                      cfg, wait_dense=True)
+        paths.update(v_paths)
+        train_jobs += v_jobs
+        train_futs = _submit(pool, _train_job, train_jobs)
 
         def jobs_for(split, arm, method, config, seeds, probes, variant="dense"):
             out = []
@@ -564,7 +644,20 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
         for m in cfg.methods:
             for c in track.grid(m):
                 tune_jobs += jobs_for(0, "method", m, c, tune_orig_seeds, False, variant_for(m, c))
-        res = _evaluate_all(pool, tune_jobs, f"tuning {len(cfg.methods)} methods", cfg.progress)
+        tune_futs = _submit(pool, _eval_job, _bundle(tune_jobs))
+        # the report's arms without a method (reference, oracle and original models on every
+        # fresh split) need no tuning result: queued behind the tuning jobs, they fill its tail
+        base_jobs = []
+        for split in cfg.fresh_splits:
+            base_jobs += jobs_for(split, "reference", None, None, ref_seeds, cfg.probes)
+            base_jobs += jobs_for(split, "oracle", None, None, arm_oracle_seeds, cfg.probes)
+            base_jobs += jobs_for(split, "original", None, None, orig_seeds, cfg.probes)
+        base_futs = _submit(pool, _eval_job, base_jobs)
+        if train_jobs:
+            _collect(train_futs, f"training {len(train_jobs)} models", cfg.progress)
+        t_models = time.perf_counter() - started
+        res = {tag: out for part in _collect(tune_futs, f"tuning {len(cfg.methods)} methods", cfg.progress)
+               for tag, out in part}
         ref0 = [res[k] for k in sorted(k for k in res if k[1] == "reference")]
         orig0 = [res[k] for k in sorted(k for k in res if k[1] == "original")]
         tuning, chosen, stability, chosen_free = {}, {}, {}, {}
@@ -599,10 +692,8 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
 
         # ---- report on fresh splits
         report, draws = {}, {}
+        jobs = []
         for split in cfg.fresh_splits:
-            jobs = jobs_for(split, "reference", None, None, ref_seeds, cfg.probes)
-            jobs += jobs_for(split, "oracle", None, None, arm_oracle_seeds, cfg.probes)
-            jobs += jobs_for(split, "original", None, None, orig_seeds, cfg.probes)
             for v in report_variants:
                 jobs += jobs_for(split, f"original@{v}", None, None, orig_seeds, cfg.probes, v)
                 if v.startswith("sparse-"):
@@ -612,7 +703,11 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
                 if chosen_free[m] != chosen[m]:
                     jobs += jobs_for(split, "method", m, chosen_free[m], orig_seeds, cfg.probes,
                                      variant_for(m, chosen_free[m]))
-            res = _evaluate_all(pool, jobs, f"report split {split}", cfg.progress)
+        report_futs = base_futs + _submit(pool, _eval_job, _bundle(jobs))
+        res_all = {tag: out for part in _collect(report_futs, f"report {len(cfg.fresh_splits)} forget sets",
+                                                 cfg.progress) for tag, out in part}
+        for split in cfg.fresh_splits:
+            res = {k: v for k, v in res_all.items() if k[0] == split}
             ref = [res[k] for k in sorted(k for k in res if k[0] == split and k[1] == "reference")]
             arms = {"oracle": [res[k] for k in sorted(k for k in res if k[1] == "oracle")],
                     "original": [res[k] for k in sorted(k for k in res if k[1] == "original")]}
@@ -657,8 +752,8 @@ def run_protocol(track: Track, scenario: str, cfg: ProtocolConfig) -> dict:
                 pooled[name]["ci"] = _ci(_pool_uncertainty(draws[name]), pooled[name])
         t_report = time.perf_counter() - started - t_models - t_tune - t_variants
     finally:
-        if pool is not None:
-            pool.shutdown()
+        if pool is not None:  # after an error: drop the queued jobs, finish the running ones
+            pool.shutdown(wait=True, cancel_futures=True)
     return {
         "track": track.name,
         "scenario": scenario,
