@@ -203,6 +203,24 @@ def _mutations():
             return tb._token_accuracy(model, ids[:batch_size], lab, batch_size) >= need  # first batch only
         tb._fits = fits
 
+    def fit_screen_counts_near_ties(unlearn):  # the screen counts every miss, near ties included
+        import structops.unlearn.tracks.track_b as tb
+
+        @torch.no_grad()
+        def clear_misses(model, ids, labels):
+            mask = labels != tb.IGNORE
+            logits = tb._scored_logits(model, ids, mask).float()
+            return int((logits.argmax(-1) != labels[mask]).sum())
+        tb._clear_misses = clear_misses
+
+    def shared_statistics_ignore_forget(unlearn):  # SSD/IAU/MRP cache keys miss the forget set
+        orig = unlearn.methods._data_key
+
+        def key(model, datasets, objective, what, batch_size, cache):
+            keep = tuple(d for d in datasets if d is not datasets[0 if what == "mrp-hidden-states" else 1])
+            return orig(model, keep, objective, what, batch_size, cache)
+        unlearn.methods._data_key = key
+
     def answer_replaced_off_by_one(unlearn):  # perturbed answers written one input column early
         import structops.unlearn.tracks.track_b as tb
 
@@ -217,6 +235,8 @@ def _mutations():
 
     muts = {
         "fit_check_exits_early": fit_check_exits_early,
+        "fit_screen_counts_near_ties": fit_screen_counts_near_ties,
+        "shared_statistics_ignore_forget": shared_statistics_ignore_forget,
         "answer_replaced_off_by_one": answer_replaced_off_by_one,
         "scored_path_skips_final_norm": scored_path_skips_final_norm,
         "truth_ratio_question_paraphrase": truth_ratio_question_paraphrase,

@@ -298,6 +298,53 @@ def test_ssd_iau_and_mrp_caches_reuse_their_statistics_and_change_nothing(memori
         fn(model, forget, retain, curvature_cache=[])
 
 
+@pytest.mark.parametrize("method,base", [
+    ("finetune", dict(lr=1e-2, batch_size=16, optimizer="adamw")),
+    ("gradient_ascent", dict(lr=1e-3, batch_size=4)),
+    ("grad_diff", dict(lr=1e-3, batch_size=4, retain_loss="kl")),
+    ("npo", dict(lr=1e-3, batch_size=4)),
+    ("simnpo", dict(lr=1e-3, batch_size=4)),
+])
+def test_epoch_prefix_sharing_continues_runs_bit_for_bit(memorised, monkeypatch, method, base):
+    """Configurations that differ only in their epoch count share a curvature_cache (the protocol
+    bundles them): a run that trains longer continues the kept shorter one instead of repeating
+    its epochs, and every configuration returns bit-for-bit its uncached result — the optimizer
+    state, the generator, the other data's batch iterator and the warmup step carry over."""
+    model, forget, retain = memorised
+    fn = getattr(unlearn, method)
+    steps = []
+    real_optimizer = unlearn.methods._optimizer
+
+    def counting(*a, **k):
+        opt = real_optimizer(*a, **k)
+        real_step = opt.step
+        opt.step = lambda *x, **y: steps.append(1) or real_step(*x, **y)
+        return opt
+    monkeypatch.setattr(unlearn.methods, "_optimizer", counting)
+    configs = [dict(base, epochs=1), dict(base, epochs=3), dict(base, epochs=2), dict(base, epochs=3, lr=base["lr"] / 2)]
+
+    def flat(m):
+        return torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+
+    uncached = [flat(fn(model, forget, retain, seed=1, **c)) for c in configs]
+    per_epoch = len(steps) // 9
+    assert per_epoch > 0 and len(steps) == 9 * per_epoch
+    steps.clear()
+    cache = {}
+    cached = [flat(fn(model, forget, retain, seed=1, curvature_cache=cache, **c)) for c in configs]
+    # epochs 1, then 2 more (continued), then 2 (a shorter run cannot continue a longer one), 3 at another lr
+    assert len(steps) == (1 + 2 + 2 + 3) * per_epoch
+    for a, b in zip(cached, uncached):
+        assert torch.equal(a, b)
+    assert not torch.equal(cached[0], cached[1]) and not torch.equal(cached[1], cached[3])
+    # another seed, model state or data misses the cache: the same result as uncached
+    steps.clear()
+    got = flat(fn(model, forget, retain, seed=2, curvature_cache=cache, **configs[1]))
+    assert len(steps) == 3 * per_epoch and torch.equal(got, flat(fn(model, forget, retain, seed=2, **configs[1])))
+    with pytest.raises(TypeError, match="curvature_cache"):
+        fn(model, forget, retain, curvature_cache=[])
+
+
 def _split(flat, params):
     out, off = [], 0
     for p in params.values():

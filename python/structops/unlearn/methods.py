@@ -124,27 +124,55 @@ def _mean_loss(objective: Objective, model, batch) -> Tensor:
     return objective.mean_nll(model, batch).mean()
 
 
+def _prefix_key(name: str, model, forget, retain, objective, gen, hparams: dict, cache) -> str | None:
+    """The key under which _train_loop keeps a finished run for a later configuration that only
+    trains longer: everything the first epochs depend on — the model's state, the data, the
+    objective, every hyperparameter but ``epochs``, the generator's and torch's RNG states."""
+    if cache is None:
+        return None
+    import hashlib
+
+    rng = hashlib.sha1(gen.get_state().numpy().tobytes() + torch.get_rng_state().numpy().tobytes()).hexdigest()
+    settings = (sorted((k, repr(v)) for k, v in hparams.items() if k != "epochs"), rng)
+    datasets = (forget,) if retain is None else (forget, retain)
+    return _data_key(model, datasets, objective, f"{name}-epoch-prefix", settings, cache)
+
+
 def _train_loop(model, forget, retain, objective, gen, *, epochs, batch_size, lr, optimizer, weight_decay,
-                step_loss, over="forget", grad_clip=None, post_step=None, warmup_epochs: float = 0.0):
+                step_loss, over="forget", grad_clip=None, post_step=None, warmup_epochs: float = 0.0,
+                prefix_cache: dict | None = None, prefix_key: str | None = None):
     """Generic optimisation loop.  One epoch = one pass over `over` ('forget' or 'retain');
     step_loss(model, forget_batch, retain_batch, step, total_steps) returns the scalar loss.
     ``warmup_epochs``: W = ceil(warmup_epochs * steps_per_epoch) warmup steps with Hugging Face
     Trainer's linear warmup (what open-unlearning's ``warmup_epochs`` turns into): optimizer step
     t (0-based) runs at lr * t / W for t < W (the first at lr 0), then at lr.  The decay after
-    the warmup that HF's default scheduler would add is not reproduced (constant lr)."""
+    the warmup that HF's default scheduler would add is not reproduced (constant lr).
+
+    ``prefix_cache`` / ``prefix_key`` (_prefix_key; only for a step_loss that does not read the
+    total step count): the finished run's live state (model, optimizer, generator, the other
+    data's batch iterator, step, RNG) is kept under the key, and a later call with the same key
+    and at least as many epochs continues it instead of repeating its epochs — the same steps
+    on the same state, so bit for bit the straight run.  The caller then gets a copy."""
     if warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
-    model.train()
-    opt = _optimizer(model.parameters(), optimizer, lr, weight_decay)
     main = forget if over == "forget" else retain
     other = retain if over == "forget" else forget
-    other_iter = _cycle(other, batch_size, gen) if other is not None else None
     n_main = num_examples(main)
     steps_per_epoch = max(1, math.ceil(n_main / (batch_size or n_main)))
     total = epochs * steps_per_epoch
     warmup = math.ceil(warmup_epochs * steps_per_epoch)
-    step = 0
-    for _ in range(epochs):
+    live = prefix_cache.get(prefix_key) if prefix_key is not None else None
+    if live is not None and live["epochs"] <= epochs:
+        del prefix_cache[prefix_key]  # continued (mutated) below; stored again at the end
+        model, opt, gen, other_iter, step, done = (live[k] for k in ("model", "opt", "gen", "other_iter", "step",
+                                                                       "epochs"))
+        torch.set_rng_state(live["rng"])
+    else:
+        opt = _optimizer(model.parameters(), optimizer, lr, weight_decay)
+        other_iter = _cycle(other, batch_size, gen) if other is not None else None
+        step, done = 0, 0
+    model.train()
+    for _ in range(epochs - done):
         for b in batches(main, batch_size, shuffle=True, generator=gen):
             o = next(other_iter) if other_iter is not None else None
             fb, rb = (b, o) if over == "forget" else (o, b)
@@ -161,6 +189,10 @@ def _train_loop(model, forget, retain, objective, gen, *, epochs, batch_size, lr
                 post_step(model)
             step += 1
     model.eval()
+    if prefix_key is not None:
+        prefix_cache[prefix_key] = dict(model=model, opt=opt, gen=gen, other_iter=other_iter, step=step,
+                                        epochs=epochs, rng=torch.get_rng_state())
+        return copy.deepcopy(model)  # the kept one may train on for a later configuration
     return model
 
 
@@ -188,47 +220,71 @@ def _frozen_copy(model):
 # ---------------------------------------------------------------------------------------------
 @_method
 def finetune(model, forget, retain, objective, gen, *, lr: float = 0.01, epochs: int = 10, batch_size: int | None = 128,
-             optimizer: str = "sgd", weight_decay: float = 5e-4):
+             optimizer: str = "sgd", weight_decay: float = 5e-4, curvature_cache: dict | None = None):
     """Fine-tune on the retain set only ("FT", Unlearn-Sparse: lr 0.01, 10 epochs, SGD momentum
-    0.9, weight decay 5e-4)."""
+    0.9, weight decay 5e-4).
+
+    ``curvature_cache`` (here and in gradient_ascent, grad_diff, npo, simnpo): an optional dict
+    the caller owns; a finished run is kept in it and a later call that differs only in training
+    longer continues it (_train_loop's epoch prefix) — bit for bit what it would have computed
+    (the protocol shares one per original across a grid's epoch counts)."""
+    _check_cache("finetune", curvature_cache)
+    key = _prefix_key("finetune", model, forget, retain, objective, gen,
+                      dict(lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay), curvature_cache)
     return _train_loop(model, forget, retain, objective, gen, epochs=epochs, batch_size=batch_size, lr=lr,
                        optimizer=optimizer, weight_decay=weight_decay, over="retain",
-                       step_loss=lambda m, fb, rb, s, t: _mean_loss(objective, m, rb))
+                       step_loss=lambda m, fb, rb, s, t: _mean_loss(objective, m, rb),
+                       prefix_cache=curvature_cache, prefix_key=key)
 
 
 @_needs_retain(False)
 @_method
 def gradient_ascent(model, forget, retain, objective, gen, *, lr: float = 1e-4, epochs: int = 5,
-                    batch_size: int | None = 128, optimizer: str = "sgd", weight_decay: float = 0.0):
+                    batch_size: int | None = 128, optimizer: str = "sgd", weight_decay: float = 0.0,
+                    curvature_cache: dict | None = None):
     """Ascend the forget loss ("GA", Unlearn-Sparse: lr 1e-4, 5 epochs; open-unlearning
-    GradAscent = -NLL(forget))."""
+    GradAscent = -NLL(forget)).  ``curvature_cache``: as finetune's."""
+    _check_cache("gradient_ascent", curvature_cache)
+    key = _prefix_key("gradient_ascent", model, forget, None, objective, gen,
+                      dict(lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay), curvature_cache)
     return _train_loop(model, forget, None, objective, gen, epochs=epochs, batch_size=batch_size, lr=lr,
                        optimizer=optimizer, weight_decay=weight_decay, over="forget",
-                       step_loss=lambda m, fb, rb, s, t: -_mean_loss(objective, m, fb))
+                       step_loss=lambda m, fb, rb, s, t: -_mean_loss(objective, m, fb),
+                       prefix_cache=curvature_cache, prefix_key=key)
 
 
 @_method
 def grad_diff(model, forget, retain, objective, gen, *, lr: float = 1e-5, epochs: int = 10, batch_size: int | None = 32,
               gamma: float = 1.0, alpha: float = 1.0, retain_loss: str = "nll", optimizer: str = "adamw",
-              weight_decay: float = 0.01, warmup_epochs: float = 1.0):
+              weight_decay: float = 0.01, warmup_epochs: float = 1.0, curvature_cache: dict | None = None):
     """Gradient difference: gamma * (-NLL(forget)) + alpha * retain term, retain term NLL or
     KL(original || model) on retain (open-unlearning GradDiff: gamma = alpha = 1, lr 1e-5,
-    10 epochs, AdamW, weight decay 0.01, one warmup epoch)."""
+    10 epochs, AdamW, weight decay 0.01, one warmup epoch).  ``curvature_cache``: as finetune's."""
+    _check_cache("grad_diff", curvature_cache)
+    key = _prefix_key("grad_diff", model, forget, retain, objective, gen,
+                      dict(lr=lr, batch_size=batch_size, gamma=gamma, alpha=alpha, retain_loss=retain_loss,
+                           optimizer=optimizer, weight_decay=weight_decay, warmup_epochs=warmup_epochs), curvature_cache)
     ref = _frozen_copy(model) if retain_loss == "kl" else None
     return _train_loop(model, forget, retain, objective, gen, epochs=epochs, batch_size=batch_size, lr=lr,
                        optimizer=optimizer, weight_decay=weight_decay, over="forget", warmup_epochs=warmup_epochs,
                        step_loss=lambda m, fb, rb, s, t: -gamma * _mean_loss(objective, m, fb)
-                       + alpha * _retain_term(retain_loss, objective, m, ref, rb))
+                       + alpha * _retain_term(retain_loss, objective, m, ref, rb),
+                       prefix_cache=curvature_cache, prefix_key=key)
 
 
 @_method
 def npo(model, forget, retain, objective, gen, *, beta: float = 0.1, lr: float = 1e-5, epochs: int = 10,
         batch_size: int | None = 32, gamma: float = 1.0, alpha: float = 1.0, retain_loss: str = "nll",
-        optimizer: str = "adamw", weight_decay: float = 0.01, warmup_epochs: float = 1.0):
+        optimizer: str = "adamw", weight_decay: float = 0.01, warmup_epochs: float = 1.0,
+        curvature_cache: dict | None = None):
     """Negative Preference Optimisation (Zhang et al. 2024; open-unlearning NPO: beta = 0.1,
     gamma = alpha = 1):  -(2/beta) log sigmoid(-beta (NLL_ref - NLL_model)) on forget, with
     sequence-summed NLLs and the frozen original as reference, plus alpha * retain term; one
-    warmup epoch as open-unlearning's trainers."""
+    warmup epoch as open-unlearning's trainers.  ``curvature_cache``: as finetune's."""
+    _check_cache("npo", curvature_cache)
+    key = _prefix_key("npo", model, forget, retain, objective, gen,
+                      dict(beta=beta, lr=lr, batch_size=batch_size, gamma=gamma, alpha=alpha, retain_loss=retain_loss,
+                           optimizer=optimizer, weight_decay=weight_decay, warmup_epochs=warmup_epochs), curvature_cache)
     ref = _frozen_copy(model)
 
     def step_loss(m, fb, rb, s, t):
@@ -241,16 +297,23 @@ def npo(model, forget, retain, objective, gen, *, beta: float = 0.1, lr: float =
 
     return _train_loop(model, forget, retain, objective, gen, epochs=epochs, batch_size=batch_size, lr=lr,
                        optimizer=optimizer, weight_decay=weight_decay, over="forget", step_loss=step_loss,
-                       warmup_epochs=warmup_epochs)
+                       warmup_epochs=warmup_epochs, prefix_cache=curvature_cache, prefix_key=key)
 
 
 @_method
 def simnpo(model, forget, retain, objective, gen, *, beta: float = 4.5, delta: float = 0.0, lr: float = 1e-5,
            epochs: int = 10, batch_size: int | None = 32, gamma: float = 0.125, alpha: float = 1.0,
-           retain_loss: str = "nll", optimizer: str = "adamw", weight_decay: float = 0.01, warmup_epochs: float = 1.0):
+           retain_loss: str = "nll", optimizer: str = "adamw", weight_decay: float = 0.01, warmup_epochs: float = 1.0,
+           curvature_cache: dict | None = None):
     """SimNPO (Fan et al. 2024; open-unlearning: beta = 4.5, delta = 0, gamma = 0.125, alpha = 1,
     one warmup epoch):
-    reference-free, length-normalised: -(2/beta) log sigmoid(beta (NLL/|y| - delta)) on forget."""
+    reference-free, length-normalised: -(2/beta) log sigmoid(beta (NLL/|y| - delta)) on forget.
+    ``curvature_cache``: as finetune's."""
+    _check_cache("simnpo", curvature_cache)
+    key = _prefix_key("simnpo", model, forget, retain, objective, gen,
+                      dict(beta=beta, delta=delta, lr=lr, batch_size=batch_size, gamma=gamma, alpha=alpha,
+                           retain_loss=retain_loss, optimizer=optimizer, weight_decay=weight_decay,
+                           warmup_epochs=warmup_epochs), curvature_cache)
     ref = _frozen_copy(model) if retain_loss == "kl" else None
 
     def step_loss(m, fb, rb, s, t):
@@ -260,7 +323,7 @@ def simnpo(model, forget, retain, objective, gen, *, beta: float = 4.5, delta: f
 
     return _train_loop(model, forget, retain, objective, gen, epochs=epochs, batch_size=batch_size, lr=lr,
                        optimizer=optimizer, weight_decay=weight_decay, over="forget", step_loss=step_loss,
-                       warmup_epochs=warmup_epochs)
+                       warmup_epochs=warmup_epochs, prefix_cache=curvature_cache, prefix_key=key)
 
 
 def _l1(model) -> Tensor:
