@@ -28,7 +28,12 @@ For one track and scenario:
    command, commit, torch/BLAS/CPU/thread information.
 
 Work runs in a process pool (``workers``), one model per task, results are deterministic given
-the seeds whatever the order.
+the seeds whatever the order.  All jobs go into one queue without phase barriers: training
+(tuning split first), tuning and the report's method-free jobs are queued at once, and a job
+waits for the model files it reads (``_wait_for``); only the report's method jobs wait for the
+tuning choice.  A method's configurations on one original run as one job when the method takes
+a ``curvature_cache`` (K-FADE, newton_step, SSD, IAU, MRP, and the epoch grids of finetune,
+GA, GradDiff, NPO, SimNPO), sharing what does not depend on the configuration.
 """
 
 from __future__ import annotations
