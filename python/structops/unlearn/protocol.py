@@ -286,29 +286,8 @@ def _pool(track: Track, workers: int):
 
 
 def _map(pool, fn, jobs, progress_label=None, progress=True):
-    bar = None
-    if progress and progress_label:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(jobs), desc=progress_label, leave=False, dynamic_ncols=True)
-        except ImportError:  # tqdm is optional: plain progress lines instead
-            print(f"[{progress_label}] {len(jobs)} jobs", flush=True)
-    results = []
-    if pool is None:
-        for j in jobs:
-            results.append(fn(j))
-            if bar:
-                bar.update(1)
-    else:
-        futs = [pool.submit(fn, j) for j in jobs]
-        for f in cf.as_completed(futs):
-            results.append(f.result())
-            if bar:
-                bar.update(1)
-    if bar:
-        bar.close()
-    return results
+    """Runs ``jobs`` and waits for all of them: the results, in completion order."""
+    return _collect(_submit(pool, fn, jobs), progress_label, progress)
 
 
 class _Deferred:
