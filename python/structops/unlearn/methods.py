@@ -367,18 +367,18 @@ def iau(model, forget, retain, objective, gen, *, lr: float = 1e-3, batch_size: 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     opt.zero_grad(set_to_none=True)
-    key = _data_key(model, (retain, forget), objective, "iau-gradient", batch_size, curvature_cache)
-    if key is not None and key in curvature_cache:
-        for p, g in zip(params, curvature_cache[key]):
-            p.grad = None if g is None else g.clone()
-    else:
+
+    def gradient():
         for data, sign in ((retain, 1.0), (forget, -1.0)):
             n = num_examples(data)
             for b in batches(data, batch_size):
                 loss = objective.mean_nll(model, b).sum() * (sign / n)
                 loss.backward()
-        if key is not None:
-            curvature_cache[key] = [None if p.grad is None else p.grad.detach().clone() for p in params]
+        return [p.grad for p in params]
+
+    key = _data_key(model, (retain, forget), objective, "iau-gradient", batch_size, curvature_cache)
+    for p, g in zip(params, _cached(curvature_cache, key, gradient)):  # the step reads a copy: the kept one stays
+        p.grad = None if g is None else g.clone()
     opt.step()
     model.eval()
     return model
@@ -418,14 +418,9 @@ def ssd(model, forget, retain, objective, gen, *, alpha: float = 10.0, lam: floa
     _check_cache("ssd", curvature_cache)
     model.eval()
     key = _data_key(model, (retain, forget), objective, "ssd-importance", batch_size, curvature_cache)
-    if key is not None and key in curvature_cache:
-        i_d, i_f = curvature_cache[key]
-    else:
-        full = _concat_data(retain, forget)
-        i_d = _diag_importance(model, full, objective, batch_size)
-        i_f = _diag_importance(model, forget, objective, batch_size)
-        if key is not None:
-            curvature_cache[key] = (i_d, i_f)
+    i_d, i_f = _cached(curvature_cache, key, lambda: (_diag_importance(model, _concat_data(retain, forget), objective,
+                                                                       batch_size),
+                                                      _diag_importance(model, forget, objective, batch_size)))
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n not in i_d:
@@ -606,8 +601,7 @@ def newton_step(model, forget, retain, objective, gen, *, eta: float | None = No
     the model's state, the retain data and the objective, not on eta, damping or weight_decay)
     is stored in it and reused by a later call with the same key, which then returns exactly what
     it would have computed (the protocol shares one per original across the configurations)."""
-    if curvature_cache is not None and not isinstance(curvature_cache, dict):
-        raise TypeError(f"newton_step: curvature_cache must be a dict or None, got {type(curvature_cache).__name__}")
+    _check_cache("newton_step", curvature_cache)
     params = _flat_params(model)
     P = sum(p.numel() for p in params)
     if P > max_params:
@@ -617,11 +611,7 @@ def newton_step(model, forget, retain, objective, gen, *, eta: float | None = No
     eta = n_f / n_r if eta is None else eta
     model.eval()
     key = None if curvature_cache is None else _curvature_key(model, retain, objective, "exact_ggn")
-    G = curvature_cache.get(key) if key is not None else None
-    if G is None:
-        G = exact_ggn(model, retain, objective)
-        if key is not None:
-            curvature_cache[key] = G
+    G = _cached(curvature_cache, key, lambda: exact_ggn(model, retain, objective))
     theta = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in params])
     g = _flat_grad(model, forget, objective) + weight_decay * theta
     A = G + (weight_decay + damping) * torch.eye(P, dtype=torch.float64)
@@ -683,6 +673,16 @@ def _curvature_key(model, retain, objective, *settings) -> str | None:
 def _check_cache(method: str, cache):
     if cache is not None and not isinstance(cache, dict):
         raise TypeError(f"{method}: curvature_cache must be a dict or None, got {type(cache).__name__}")
+
+
+def _cached(cache, key, compute):
+    """``cache[key]``, computed by ``compute()`` and stored on a miss; just ``compute()`` when
+    ``key`` is None (no cache, or data that cannot be keyed)."""
+    if key is None:
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
 
 
 def _data_key(model, datasets: tuple, objective, what: str, batch_size, cache) -> str | None:
@@ -766,8 +766,7 @@ def kfade(model, forget, retain, objective, gen, *, curvature: str = "ekfac", st
         raise ValueError(f"kfade: kl_budget must be > 0, got {kl_budget}")
     if damping is not None and not damping > 0:
         raise ValueError(f"kfade: damping must be > 0 or None (heuristic), got {damping}")
-    if curvature_cache is not None and not isinstance(curvature_cache, dict):
-        raise TypeError(f"kfade: curvature_cache must be a dict or None, got {type(curvature_cache).__name__}")
+    _check_cache("kfade", curvature_cache)
     model.eval()
     kfac_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     K = KFAC(model, nn.CrossEntropyLoss(), modules=layers, fisher_type=fisher_type, mc_samples=mc_samples,
@@ -967,13 +966,8 @@ def representation_projection(model, forget, retain, objective, gen, *, layers: 
         p.requires_grad_(False)
     model.eval()
     key = _data_key(model, (forget, retain), objective, "mrp-hidden-states", tuple(names), curvature_cache)
-    if key is not None and key in curvature_cache:
-        hf, hr = curvature_cache[key]
-    else:
-        hf = _hidden_states(model, forget, modules)
-        hr = _hidden_states(model, retain, modules)
-        if key is not None:
-            curvature_cache[key] = (hf, hr)
+    hf, hr = _cached(curvature_cache, key, lambda: (_hidden_states(model, forget, modules),
+                                                     _hidden_states(model, retain, modules)))
     Ws, prevs = [], []
     for m, f_states, r_states in zip(modules, hf, hr):
         d = f_states.shape[-1]
