@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 from .methods import METHODS
-from .protocol import ORACLE_FREE_SUFFIX, ProtocolConfig, default_cache_dir, run_protocol
+from .protocol import ORACLE_FREE_SUFFIX, ProtocolConfig, default_cache_dir, keep_heap_mapped, run_protocol
 
 
 def track_has_grid(track, method: str) -> bool:
@@ -315,6 +315,7 @@ def main(argv=None) -> int:
                          fresh_splits=tuple(range(1, 1 + args.fresh)), bootstrap=args.bootstrap,
                          stability_resamples=args.stability, methods=methods, workers=args.workers,
                          cache_dir=args.cache, probes=not args.no_probes, progress=not args.no_progress)
+    keep_heap_mapped()  # this process is ours: with --workers 1 it runs every job (see protocol)
     results = run_protocol(track, args.scenario, cfg)
     results["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     columns = COLUMNS_A if track.name == "A" else COLUMNS_B

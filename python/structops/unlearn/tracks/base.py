@@ -49,6 +49,17 @@ class Track(ABC):
     name = "base"
     scenarios: tuple = ()
     objective = None
+    # attributes a track rebuilds on first use (its loaded or generated data), left out when it
+    # is pickled: every protocol job carries the track, and Track B's facts alone are 2.6 MB
+    # and ~90 ms to unpickle per job; a worker rebuilds them once
+    transient_attrs: tuple = ()
+
+    def __getstate__(self):
+        state = dict(vars(self))
+        for name in self.transient_attrs:
+            if name in state:
+                state[name] = None
+        return state
 
     @abstractmethod
     def setup(self, scenario: str, split_seed: int) -> Setup:

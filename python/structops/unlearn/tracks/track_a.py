@@ -144,6 +144,7 @@ class TrackA(Track):
     name = "A"
     scenarios = ("random", "class", "mislabel")
     objective = Classification()
+    transient_attrs = ("_data",)  # rebuilt on first use, not pickled (Track.transient_attrs)
 
     def __init__(self, n_mislabel: int = 60, random_fraction: float = 0.1, max_iter: int = 1500):
         self.n_mislabel = n_mislabel

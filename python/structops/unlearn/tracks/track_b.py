@@ -211,6 +211,7 @@ class TrackB(Track):
     name = "B"
     scenarios = tuple(FRACTIONS)
     objective = CausalLM()
+    transient_attrs = ("_facts",)  # rebuilt on first use, not pickled (Track.transient_attrs)
 
     def __init__(self, d: int = 80, max_epochs: int = 80, utility_subset: int = 200):
         self.d = d
