@@ -33,7 +33,9 @@ the seeds whatever the order.  All jobs go into one queue without phase barriers
 waits for the model files it reads (``_wait_for``); only the report's method jobs wait for the
 tuning choice.  A method's configurations on one original run as one job when the method takes
 a ``curvature_cache`` (K-FADE, newton_step, SSD, IAU, MRP, and the epoch grids of finetune,
-GA, GradDiff, NPO, SimNPO), sharing what does not depend on the configuration.
+GA, GradDiff, NPO, SimNPO), sharing what does not depend on the configuration.  The pool's
+workers keep freed memory mapped (keep_heap_mapped), so forwards do not page-fault their
+activations afresh.
 """
 
 from __future__ import annotations
